@@ -1,0 +1,61 @@
+"""engine: a session engine for trio servers.
+
+One trio actor owns every session; callers talk to it through a memory channel. Sessions expire
+after an idle TTL and are persisted write-behind by a dual trigger (N touches or M seconds), a
+periodic flush tick, and a final flush on close. See ``docs/design.md``.
+"""
+
+from ._codec import FORMAT_VERSION as FORMAT_VERSION
+from ._codec import StoredSession as StoredSession
+from ._config import EngineConfig as EngineConfig
+from ._directory import DirectoryStore as DirectoryStore
+from ._directory import LoadReport as LoadReport
+from ._engine import Engine as Engine
+from ._engine import SessionInfo as SessionInfo
+from ._engine import Statistics as Statistics
+from ._engine import open_engine as open_engine
+from ._errors import ConfigError as ConfigError
+from ._errors import EngineClosedError as EngineClosedError
+from ._errors import EngineError as EngineError
+from ._errors import InvalidSessionIdError as InvalidSessionIdError
+from ._errors import PayloadError as PayloadError
+from ._errors import StorageError as StorageError
+from ._errors import StorageLockedError as StorageLockedError
+from ._ids import new_session_id as new_session_id
+from ._ids import validate_session_id as validate_session_id
+from ._payload import ConnectionConfig as ConnectionConfig
+from ._payload import TagExpression as TagExpression
+from ._payload import TagFilterMode as TagFilterMode
+from ._payload import TagQuery as TagQuery
+from ._store import Put as Put
+from ._store import Store as Store
+from ._store import WriteBatch as WriteBatch
+
+__all__ = [
+    "FORMAT_VERSION",
+    "ConfigError",
+    "ConnectionConfig",
+    "DirectoryStore",
+    "Engine",
+    "EngineClosedError",
+    "EngineConfig",
+    "EngineError",
+    "InvalidSessionIdError",
+    "LoadReport",
+    "PayloadError",
+    "Put",
+    "SessionInfo",
+    "Statistics",
+    "StorageError",
+    "StorageLockedError",
+    "Store",
+    "StoredSession",
+    "TagExpression",
+    "TagFilterMode",
+    "TagQuery",
+    "WriteBatch",
+    "new_session_id",
+    "open_engine",
+    "validate_session_id",
+]
+__version__ = "0.1.0"

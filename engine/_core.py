@@ -1,0 +1,316 @@
+"""The session table: the engine's pure, synchronous core.
+
+Rule of this module: every state transition of the engine happens here, in plain synchronous
+code. Nothing here awaits, does I/O or reads a clock; the caller passes ``now`` (wall-clock
+seconds) into every call. Because nothing awaits, no two transitions can interleave, so the
+table needs no locks: the trio actor in ``_engine.py`` is its only caller.
+
+Storage effects are not performed here: each transition that must reach storage records the
+latest operation for that id in :attr:`SessionTable.outbox` (an encoded :class:`Put`, or ``None``
+for a delete), which the actor hands to the writer. A newer operation for an id replaces an older
+one still in the outbox, so writes coalesce and a delete always wins over an earlier write.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+from collections.abc import Callable
+from itertools import count, islice
+from typing import Generic, TypeVar, final
+
+from ._store import Put
+
+__all__ = ["Cause", "Entry", "SessionTable"]
+
+P = TypeVar("P")
+
+Encoder = Callable[[str, "Entry[P]"], bytes]
+
+
+class Cause(enum.Enum):
+    """Why a session was written to storage."""
+
+    CREATE = "create"
+    """A create: written at once, and the create returns when it is durable."""
+    REQUESTS = "requests"
+    """The touch-count trigger (N touches since the last persist)."""
+    INTERVAL = "interval"
+    """The time trigger (M seconds since the last persist, checked at a touch)."""
+    TICK = "tick"
+    """The periodic flush tick."""
+    FLUSH = "flush"
+    """An explicit flush, or the final flush at close."""
+
+
+@final
+class Entry(Generic[P]):
+    """One live session. Mutable, owned by the table; never handed to storage."""
+
+    __slots__ = (
+        "created_at",
+        "expires",
+        "last_accessed_at",
+        "last_persist",
+        "payload",
+        "serial",
+        "touches",
+    )
+
+    def __init__(
+        self,
+        payload: P,
+        created_at: float,
+        last_accessed_at: float,
+        expires: float,
+        now: float,
+        serial: int,
+    ) -> None:
+        self.payload = payload
+        self.created_at = created_at
+        self.last_accessed_at = last_accessed_at
+        self.expires = expires
+        self.last_persist = now
+        self.touches = 0
+        self.serial = serial
+
+
+@final
+class SessionTable(Generic[P]):
+    """All live sessions, their persistence triggers and their expiry order.
+
+    *encode* turns an entry into record bytes; ``None`` means memory only: no dirty state is
+    kept and the outbox stays empty. *delete_expired*: issue storage deletes for sessions that
+    expire (false for backends that expire keys themselves).
+    """
+
+    def __init__(
+        self,
+        *,
+        ttl: float,
+        persist_requests: int,
+        persist_interval: float,
+        max_sessions: int | None,
+        encode: Encoder[P] | None,
+        delete_expired: bool = True,
+    ) -> None:
+        self.ttl = ttl
+        self.persist_requests = persist_requests
+        self.persist_interval = persist_interval
+        self.max_sessions = max_sessions
+        self._encode = encode
+        self._delete_expired = delete_expired and encode is not None
+        self.sessions: dict[str, Entry[P]] = {}
+        self.dirty: dict[str, None] = {}
+        """Ids touched since their last persist, oldest first (an ordered set)."""
+        self.outbox: dict[str, Put | None] = {}
+        """Storage operations produced since the last :meth:`take_outbox`, latest per id."""
+        # (expires when pushed, serial, id): a lazy min-heap. An item is stale when its session
+        # is gone or was replaced (serial differs); when a session's expiry moved later, the item
+        # is pushed again with the new time when it surfaces. Expires only moves later, so the
+        # first valid item is the true minimum.
+        self._heap: list[tuple[float, int, str]] = []
+        self._serials = count()
+        self.persists: dict[Cause, int] = dict.fromkeys(Cause, 0)
+        self.expired = 0
+        self.evicted = 0
+        self.applied = 0
+        """Requests applied so far; the sequence number of the last one."""
+
+    @property
+    def persistent(self) -> bool:
+        """True when sessions are written to storage."""
+        return self._encode is not None
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def create(self, session_id: str, payload: P, now: float) -> None:
+        """Create *session_id*, replacing a live session of that id. Writes it at once."""
+        self.applied += 1
+        self._drop_if_expired(session_id, now)
+        if session_id not in self.sessions:
+            self._make_room(now)
+        self._insert(session_id, payload, now, now, now + self.ttl, now)
+        self.dirty.pop(session_id, None)
+        self._persist(session_id, Cause.CREATE, now)
+
+    def get(self, session_id: str, now: float) -> P | None:
+        """The payload of a live session, else ``None``. Does not extend the TTL."""
+        self.applied += 1
+        entry = self._live(session_id, now)
+        return None if entry is None else entry.payload
+
+    def touch(self, session_id: str, now: float) -> bool:
+        """Extend a live session's TTL and count the touch toward its persist trigger. Returns
+        False (and changes nothing) for an unknown or expired id."""
+        self.applied += 1
+        return self._touch(session_id, now) is not None
+
+    def get_and_touch(self, session_id: str, now: float) -> P | None:
+        """:meth:`touch`, returning the payload (``None`` if unknown or expired)."""
+        self.applied += 1
+        entry = self._touch(session_id, now)
+        return None if entry is None else entry.payload
+
+    def entry(self, session_id: str, now: float) -> Entry[P] | None:
+        """The live entry of *session_id* (read only), else ``None``."""
+        self.applied += 1
+        return self._live(session_id, now)
+
+    def delete(self, session_id: str, now: float) -> bool:
+        """Remove a session from memory and storage. True if it was live."""
+        self.applied += 1
+        live = self._live(session_id, now) is not None
+        if live:
+            self._remove(session_id)
+            if self._encode is not None:
+                self.outbox[session_id] = None
+        return live
+
+    # -- loading ------------------------------------------------------------------------------
+
+    def load(
+        self,
+        session_id: str,
+        payload: P,
+        created_at: float,
+        last_accessed_at: float,
+        expires: float,
+        now: float,
+    ) -> bool:
+        """Insert a session read from storage (clean: nothing to write). Its trigger clock starts
+        now. Returns False, inserting nothing, if it has expired or the id is already live."""
+        if expires <= now or session_id in self.sessions:
+            return False
+        self._make_room(now)
+        self._insert(session_id, payload, created_at, last_accessed_at, expires, now)
+        return True
+
+    # -- background work ----------------------------------------------------------------------
+
+    def persist_dirty(self, limit: int, cause: Cause, now: float) -> int:
+        """Persist up to *limit* dirty sessions, oldest first; return how many were written."""
+        ids = list(islice(self.dirty, limit))
+        for session_id in ids:
+            self._persist(session_id, cause, now)
+        return len(ids)
+
+    def expire(self, now: float, limit: int) -> int:
+        """Remove up to *limit* sessions whose expiry is due; return how many were removed.
+        Cost is O(log n) per removed or re-queued session, never a scan of all sessions."""
+        removed = 0
+        heap = self._heap
+        while heap and removed < limit and heap[0][0] <= now:
+            item = heapq.heappop(heap)
+            entry = self._current(item)
+            if entry is None:
+                continue
+            if entry.expires > now:
+                heapq.heappush(heap, (entry.expires, entry.serial, item[2]))
+                continue
+            self._expire(item[2])
+            removed += 1
+        return removed
+
+    def next_expiry(self) -> float | None:
+        """A time at or before the earliest expiry, or ``None`` when there are no sessions."""
+        return self._heap[0][0] if self._heap else None
+
+    def take_outbox(self) -> dict[str, Put | None]:
+        """Hand over (and clear) the storage operations produced so far."""
+        out, self.outbox = self.outbox, {}
+        return out
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _insert(
+        self,
+        session_id: str,
+        payload: P,
+        created_at: float,
+        last_accessed_at: float,
+        expires: float,
+        now: float,
+    ) -> None:
+        serial = next(self._serials)
+        self.sessions[session_id] = Entry(
+            payload, created_at, last_accessed_at, expires, now, serial
+        )
+        heapq.heappush(self._heap, (expires, serial, session_id))
+        if len(self._heap) > 2 * len(self.sessions) + 64:
+            self._compact_heap()
+
+    def _compact_heap(self) -> None:
+        sessions = self.sessions
+        self._heap = [(e.expires, e.serial, sid) for sid, e in sessions.items()]
+        heapq.heapify(self._heap)
+
+    def _current(self, item: tuple[float, int, str]) -> Entry[P] | None:
+        entry = self.sessions.get(item[2])
+        return entry if entry is not None and entry.serial == item[1] else None
+
+    def _live(self, session_id: str, now: float) -> Entry[P] | None:
+        entry = self.sessions.get(session_id)
+        if entry is not None and entry.expires <= now:
+            self._expire(session_id)
+            return None
+        return entry
+
+    def _drop_if_expired(self, session_id: str, now: float) -> None:
+        self._live(session_id, now)
+
+    def _touch(self, session_id: str, now: float) -> Entry[P] | None:
+        entry = self._live(session_id, now)
+        if entry is None:
+            return None
+        entry.last_accessed_at = now
+        entry.expires = now + self.ttl
+        if self._encode is not None:
+            entry.touches += 1
+            if entry.touches >= self.persist_requests:
+                self._persist(session_id, Cause.REQUESTS, now)
+            elif now - entry.last_persist >= self.persist_interval:
+                self._persist(session_id, Cause.INTERVAL, now)
+            else:
+                self.dirty[session_id] = None
+        return entry
+
+    def _persist(self, session_id: str, cause: Cause, now: float) -> None:
+        encode = self._encode
+        if encode is None:
+            return
+        entry = self.sessions[session_id]
+        self.outbox[session_id] = Put(encode(session_id, entry), entry.expires)
+        entry.touches = 0
+        entry.last_persist = now
+        self.dirty.pop(session_id, None)
+        self.persists[cause] += 1
+
+    def _remove(self, session_id: str) -> None:
+        del self.sessions[session_id]
+        self.dirty.pop(session_id, None)
+
+    def _expire(self, session_id: str) -> None:
+        self._remove(session_id)
+        self.expired += 1
+        if self._delete_expired:
+            self.outbox[session_id] = None
+
+    def _make_room(self, now: float) -> None:
+        """At the bound, evict the least recently accessed session (the earliest expiry)."""
+        if self.max_sessions is None or len(self.sessions) < self.max_sessions:
+            return
+        self.expire(now, len(self.sessions))  # due sessions go first, as expired
+        heap = self._heap
+        while len(self.sessions) >= self.max_sessions and heap:
+            item = heapq.heappop(heap)
+            entry = self._current(item)
+            if entry is None:
+                continue
+            if entry.expires > item[0]:
+                heapq.heappush(heap, (entry.expires, entry.serial, item[2]))
+                continue
+            self._remove(item[2])
+            self.evicted += 1
+            if self._encode is not None:
+                self.outbox[item[2]] = None
