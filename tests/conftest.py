@@ -1,0 +1,27 @@
+"""Shared test configuration: Hypothesis profiles.
+
+``ci`` (the default) keeps the whole suite within a few minutes; ``long`` is for soak runs:
+``HYPOTHESIS_PROFILE=long python -m pytest``.
+"""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci",
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    print_blob=True,
+)
+settings.register_profile(
+    "long",
+    max_examples=2000,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    print_blob=True,
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
