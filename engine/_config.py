@@ -41,18 +41,18 @@ def _optional_count(instance: object, attribute: attrs.Attribute[Any], value: ob
 
 
 def _to_path(value: object) -> Path | None:
-    if value is None or isinstance(value, Path):
-        return value
+    if value is None or isinstance(value, Path) or value == "":
+        return value  # type: ignore[return-value]  # "" is rejected by the validator
     if isinstance(value, str | os.PathLike):
         return Path(value)
     return value  # type: ignore[return-value]  # rejected by the validator with a clear message
 
 
 def _check_path(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value == "":
+        raise ConfigError(attribute.name, "must not be empty")
     if value is not None and not isinstance(value, Path):
         raise ConfigError(attribute.name, f"must be a path or None, got {value!r}")
-    if isinstance(value, Path) and not str(value):
-        raise ConfigError(attribute.name, "must not be empty")
 
 
 @final
@@ -174,6 +174,8 @@ def _strict_optional_int(value: object, t: object) -> int | None:
 def _strict_path(value: object, _: object) -> Path | None:
     if value is None:
         return None
+    if value == "":
+        raise ValueError("must not be empty")
     if isinstance(value, str | os.PathLike):
         return Path(value)
     raise TypeError(f"expected a path string, got {value!r}")

@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from typing import Any, Final, Generic, Protocol, TypeVar, cast, final
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, Final, Generic, Protocol, TypeVar, cast, final, overload
 
 import attrs
 import outcome
@@ -533,14 +533,32 @@ def _wall_clock(wall_time: Callable[[], float]) -> Callable[[], float]:
     return lambda: anchor + current_time()
 
 
-@asynccontextmanager
-async def open_engine(
+@overload
+def open_engine(
     config: EngineConfig,
     *,
-    payload_type: type[P] = ConnectionConfig,  # type: ignore[assignment]
     store: Store | None = None,
     wall_time: Callable[[], float] = time.time,
-) -> AsyncIterator[Engine[P]]:
+) -> AbstractAsyncContextManager[Engine[ConnectionConfig]]: ...
+
+
+@overload
+def open_engine(
+    config: EngineConfig,
+    *,
+    payload_type: type[P],
+    store: Store | None = None,
+    wall_time: Callable[[], float] = time.time,
+) -> AbstractAsyncContextManager[Engine[P]]: ...
+
+
+def open_engine(
+    config: EngineConfig,
+    *,
+    payload_type: type[Any] = ConnectionConfig,
+    store: Store | None = None,
+    wall_time: Callable[[], float] = time.time,
+) -> AbstractAsyncContextManager[Engine[Any]]:
     """Open an engine: load what storage holds, start the actor, yield the :class:`Engine`.
 
     Storage is *store* if given, else a :class:`~engine.DirectoryStore` on
@@ -553,6 +571,16 @@ async def open_engine(
     ones already queued, flushes every dirty session and waits for the writes (shielded, at
     most ``config.close_timeout`` seconds), then releases storage.
     """
+    return _open_engine(config, payload_type, store, wall_time)
+
+
+@asynccontextmanager
+async def _open_engine(
+    config: EngineConfig,
+    payload_type: type[P],
+    store: Store | None,
+    wall_time: Callable[[], float],
+) -> AsyncIterator[Engine[P]]:
     codec = Codec(payload_type)
     if store is None and config.storage_dir is not None:
         store = DirectoryStore(config.storage_dir)
