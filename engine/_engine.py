@@ -251,6 +251,10 @@ class Engine(Generic[P]):
         self._flush_waiters: list[_Call] = []
         self._sweep_due = False
         self._high_water = 0
+        self._trace: list[tuple[_Call, float]] | None = None
+        """Test hook, off (``None``) by default: set it to a list and the actor appends
+        ``(call, now)`` for every request it applies, in order, so a call's index is its sequence
+        number (see tests/test_linearizability.py). Costs one ``is not None`` check per request."""
 
     def _encode(self, session_id: str, entry: Entry[P]) -> bytes:
         return self._codec.encode(
@@ -375,6 +379,8 @@ class Engine(Generic[P]):
     def _apply(self, call: _Call, now: float) -> None:
         if call.state != _WAITING:
             return
+        if self._trace is not None:
+            self._trace.append((call, now))
         core = self._core
         kind = call.kind
         if kind == _GET_TOUCH:
