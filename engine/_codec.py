@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any, Final, Generic, TypeVar, final
+import dataclasses
+from typing import Final, Generic, TypeVar, final
 
+import attrs
 import msgspec
 
+from ._directory import MAX_RECORD_BYTES
 from ._errors import PayloadError
 
-__all__ = ["FORMAT_VERSION", "Codec", "CorruptRecordError", "StoredSession"]
+__all__ = ["FORMAT_VERSION", "MAX_PAYLOAD_BYTES", "Codec", "CorruptRecordError", "StoredSession"]
 
 P = TypeVar("P")
 
 FORMAT_VERSION: Final = 1
+MAX_PAYLOAD_BYTES: Final = MAX_RECORD_BYTES - 4096
+"""Largest encoded payload accepted at create: a larger record would be quarantined, unread, by
+the directory store at the next open (4 KiB is left for the id and timestamps)."""
 """Version written into every record; records with another version are quarantined, not read."""
 
 
@@ -43,7 +49,7 @@ class Codec(Generic[P]):
     """Encodes and decodes :class:`StoredSession` records and validates payloads, for one
     payload type. One reused encoder and decoder (msgspec's fast path)."""
 
-    __slots__ = ("_decoder", "_encoder", "payload_type")
+    __slots__ = ("_decoder", "_encoder", "_payload_decoder", "payload_type")
 
     def __init__(self, payload_type: type[P]) -> None:
         self.payload_type = payload_type
@@ -51,13 +57,19 @@ class Codec(Generic[P]):
         self._decoder: msgspec.json.Decoder[StoredSession[P]] = msgspec.json.Decoder(
             StoredSession[payload_type]  # type: ignore[valid-type]
         )
-        try:
-            msgspec.json.Decoder(payload_type)
-        except TypeError as exc:
+        if not (
+            isinstance(payload_type, type)
+            and (
+                attrs.has(payload_type)
+                or issubclass(payload_type, msgspec.Struct)
+                or dataclasses.is_dataclass(payload_type)
+            )
+        ):
             raise PayloadError(
-                f"payload_type {payload_type!r} is not an attrs class or msgspec Struct "
-                f"msgspec can decode: {exc}"
-            ) from None
+                "payload_type must be an attrs class, a msgspec Struct or a dataclass, "
+                f"not {payload_type!r}"
+            )
+        self._payload_decoder: msgspec.json.Decoder[P] = msgspec.json.Decoder(payload_type)
 
     def encode(
         self,
@@ -78,6 +90,8 @@ class Codec(Generic[P]):
         """Decode one record, or raise :class:`CorruptRecordError` saying why not."""
         try:
             record = self._decoder.decode(data)
+        except RecursionError:
+            raise CorruptRecordError("record nested too deeply") from None
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             try:
                 header = msgspec.json.decode(data, type=_Header)
@@ -97,8 +111,11 @@ class Codec(Generic[P]):
     def check_payload(self, payload: object) -> P:
         """Return a private, validated copy of *payload*, or raise :class:`PayloadError`.
 
-        The copy (made by a msgspec round trip) means a caller mutating its object afterwards
-        cannot change what the engine stores.
+        The copy (made by a JSON round trip, exactly what storage will do) means a caller mutating
+        its object afterwards cannot change what the engine stores, and that every accepted payload
+        can be stored and read back: NaN or infinite floats (JSON has none), lone surrogates,
+        nesting too deep to decode and payloads over :data:`MAX_PAYLOAD_BYTES` are rejected here
+        instead of failing in the actor or being quarantined at the next open.
         """
         if not isinstance(payload, self.payload_type):
             raise PayloadError(
@@ -106,7 +123,18 @@ class Codec(Generic[P]):
                 f"not {type(payload).__qualname__}"
             )
         try:
-            builtins: Any = msgspec.to_builtins(payload)
-            return msgspec.convert(builtins, self.payload_type)
-        except (msgspec.ValidationError, TypeError) as exc:
+            data = self._encoder.encode(payload)
+        except RecursionError:
+            raise PayloadError("invalid payload: nested too deeply") from None
+        except (TypeError, ValueError) as exc:  # unencodable value, lone surrogate
+            raise PayloadError(f"invalid payload: {exc}") from None
+        if len(data) > MAX_PAYLOAD_BYTES:
+            raise PayloadError(
+                f"payload of {len(data)} bytes is over the {MAX_PAYLOAD_BYTES} byte limit"
+            )
+        try:
+            return self._payload_decoder.decode(data)
+        except RecursionError:
+            raise PayloadError("invalid payload: nested too deeply") from None
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:  # NaN/inf become null
             raise PayloadError(f"invalid payload: {exc}") from None
