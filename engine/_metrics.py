@@ -1,0 +1,98 @@
+"""Request counters of the reference server and their Prometheus text rendering.
+
+Plain integers and dicts updated from trio tasks of one thread: no locks, no awaits.
+"""
+
+from __future__ import annotations
+
+import time
+from bisect import bisect_left
+from collections import defaultdict
+from typing import Final, final
+
+from ._engine import Statistics
+
+__all__ = ["LATENCY_BUCKETS", "Metrics"]
+
+LATENCY_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+"""Upper bounds (seconds) of the request latency histogram."""
+
+
+@final
+class Metrics:
+    """Counters kept by the server, rendered with the engine's statistics by :meth:`render`."""
+
+    def __init__(self) -> None:
+        self.started = time.time()
+        self.http: defaultdict[tuple[str, int], int] = defaultdict(int)
+        """Requests by (route, status)."""
+        self.mcp: defaultdict[str, int] = defaultdict(int)
+        """MCP messages by method (unknown methods count as ``other``)."""
+        self.sessions_created = 0
+        self.sessions_deleted = 0
+        self.sessions_not_found = 0
+        self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.latency_sum = 0.0
+
+    def observe(self, route: str, status: int, seconds: float) -> None:
+        """Count one finished HTTP request."""
+        self.http[route, status] += 1
+        self.latency_counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.latency_sum += seconds
+
+    def render(self, stats: Statistics) -> bytes:
+        """The Prometheus text exposition (format 0.0.4) of the counters and *stats*."""
+        lines: list[str] = []
+
+        def metric(name: str, kind: str, help_text: str) -> None:
+            lines.append(f"# HELP {name} {help_text}")
+            lines.append(f"# TYPE {name} {kind}")
+
+        metric("engine_live_sessions", "gauge", "Sessions in memory.")
+        lines.append(f"engine_live_sessions {stats.live_sessions}")
+        metric("engine_dirty_sessions", "gauge", "Sessions touched since their last persist.")
+        lines.append(f"engine_dirty_sessions {stats.dirty_sessions}")
+        metric("engine_persists_total", "counter", "Session records written, by cause.")
+        for cause, n in sorted(stats.persists.items()):
+            lines.append(f'engine_persists_total{{cause="{cause}"}} {n}')
+        metric("engine_sessions_expired_total", "counter", "Sessions removed by their TTL.")
+        lines.append(f"engine_sessions_expired_total {stats.expired}")
+        metric("engine_sessions_evicted_total", "counter", "Sessions evicted by max_sessions.")
+        lines.append(f"engine_sessions_evicted_total {stats.evicted}")
+        metric("engine_storage_writes_total", "counter", "Storage operations completed.")
+        lines.append(f"engine_storage_writes_total {stats.storage_writes}")
+        metric("engine_storage_errors_total", "counter", "Storage operations that failed.")
+        lines.append(f"engine_storage_errors_total {stats.storage_errors}")
+        metric("engine_pending_writes", "gauge", "Storage operations queued or in flight.")
+        lines.append(f"engine_pending_writes {stats.pending_writes}")
+        metric("engine_queue_high_water", "gauge", "Most requests queued at one actor wake-up.")
+        lines.append(f"engine_queue_high_water {stats.queue_high_water}")
+        metric("engine_actor_requests_total", "counter", "Requests applied by the actor.")
+        lines.append(f"engine_actor_requests_total {stats.requests}")
+
+        metric("engine_http_requests_total", "counter", "HTTP requests by route and status.")
+        for (route, status), n in sorted(self.http.items()):
+            lines.append(f'engine_http_requests_total{{route="{route}",status="{status}"}} {n}')
+        metric("engine_mcp_messages_total", "counter", "MCP messages received, by method.")
+        for method, n in sorted(self.mcp.items()):
+            lines.append(f'engine_mcp_messages_total{{method="{method}"}} {n}')
+        metric("engine_sessions_created_total", "counter", "Sessions created by initialize.")
+        lines.append(f"engine_sessions_created_total {self.sessions_created}")
+        metric("engine_sessions_deleted_total", "counter", "Sessions deleted by DELETE /mcp.")
+        lines.append(f"engine_sessions_deleted_total {self.sessions_deleted}")
+        metric("engine_sessions_not_found_total", "counter", "Requests for unknown or expired ids.")
+        lines.append(f"engine_sessions_not_found_total {self.sessions_not_found}")
+
+        name = "engine_http_request_duration_seconds"
+        metric(name, "histogram", "Time from request start to response, in seconds.")
+        cumulative = 0
+        for bound, n in zip(LATENCY_BUCKETS, self.latency_counts, strict=False):
+            cumulative += n
+            lines.append(f'{name}_bucket{{le="{bound}"}} {cumulative}')
+        cumulative += self.latency_counts[-1]
+        lines.append(f'{name}_bucket{{le="+Inf"}} {cumulative}')
+        lines.append(f"{name}_sum {self.latency_sum:.6f}")
+        lines.append(f"{name}_count {cumulative}")
+        metric("engine_start_time_seconds", "gauge", "Unix time the server started.")
+        lines.append(f"engine_start_time_seconds {self.started:.3f}")
+        return ("\n".join(lines) + "\n").encode()
