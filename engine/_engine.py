@@ -40,15 +40,15 @@ CHUNK: Final = 512
 
 # Call kinds
 _CREATE, _GET, _TOUCH, _GET_TOUCH, _DELETE, _INFO, _FLUSH, _TICK, _SWEEP = range(9)
-# Call states
-_WAITING, _ABANDONED, _DONE = range(3)
+# Call states: being sent (not parked yet), parked, cancelled while parked, answered
+_SENDING, _PARKED, _ABANDONED, _DONE = range(4)
 
 
 @final
 class _Call:
     """One request in flight: what to do, and whom to wake with the answer."""
 
-    __slots__ = ("arg", "kind", "session_id", "state", "task")
+    __slots__ = ("arg", "kind", "result", "session_id", "state", "task")
 
     def __init__(
         self, kind: int, session_id: str, arg: object, task: trio.lowlevel.Task | None
@@ -57,7 +57,8 @@ class _Call:
         self.session_id = session_id
         self.arg = arg
         self.task = task
-        self.state = _WAITING
+        self.state = _SENDING
+        self.result: outcome.Outcome[object] | None = None
 
     def abort(self, _: Any) -> trio.lowlevel.Abort:
         # Runs when the parked caller is cancelled. The actor skips abandoned calls that it has
@@ -65,15 +66,21 @@ class _Call:
         self.state = _ABANDONED
         return trio.lowlevel.Abort.SUCCEEDED
 
-    def reply(self, value: object) -> None:
-        if self.state == _WAITING and self.task is not None:
+    def _answer(self, result: outcome.Outcome[object]) -> None:
+        if self.state == _PARKED:
             self.state = _DONE
-            trio.lowlevel.reschedule(self.task, outcome.Value(value))
+            trio.lowlevel.reschedule(cast(trio.lowlevel.Task, self.task), result)
+        elif self.state == _SENDING:
+            # The caller is still inside ``await send`` (a full channel handed the call to the
+            # actor and the channel already rescheduled the sender): leave the answer for it.
+            self.state = _DONE
+            self.result = result
+
+    def reply(self, value: object) -> None:
+        self._answer(outcome.Value(value))
 
     def fail(self, error: BaseException) -> None:
-        if self.state == _WAITING and self.task is not None:
-            self.state = _DONE
-            trio.lowlevel.reschedule(self.task, outcome.Error(error))
+        self._answer(outcome.Error(error))
 
     def settle(self, error: Exception | None) -> None:
         """Writer callback: the call's write (or, for a flush, its batch) is done."""
@@ -337,8 +344,11 @@ class Engine(Generic[P]):
                 await self._send.send(call)
             except trio.ClosedResourceError:
                 raise EngineClosedError("the engine is closed") from None
+            if call.result is not None:  # answered before this task resumed from send
+                return call.result.unwrap()
         except trio.ClosedResourceError:
             raise EngineClosedError("the engine is closed") from None
+        call.state = _PARKED
         return await trio.lowlevel.wait_task_rescheduled(call.abort)
 
     # -- actor --------------------------------------------------------------------------------
@@ -377,7 +387,7 @@ class Engine(Generic[P]):
             self._submit()
 
     def _apply(self, call: _Call, now: float) -> None:
-        if call.state != _WAITING:
+        if call.state == _ABANDONED:
             return
         if self._trace is not None:
             self._trace.append((call, now))

@@ -1,0 +1,581 @@
+"""The running engine with real files in tmp_path: API, triggers, restart, expiry, bound,
+faults, lock and close."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import msgspec
+import pytest
+import trio
+import trio.testing
+
+import engine
+from engine import (
+    ConnectionConfig,
+    EngineClosedError,
+    EngineConfig,
+    InvalidSessionIdError,
+    PayloadError,
+    StorageError,
+    StorageLockedError,
+    TagExpression,
+    TagQuery,
+    new_session_id,
+    open_engine,
+)
+from engine._directory import file_name_for
+
+T0 = 1_800_000_000.0
+
+RICH = ConnectionConfig(
+    tags=("web", "api"),
+    tag_expression=TagExpression(
+        "and",
+        children=(
+            TagExpression("tag", "web"),
+            TagExpression("not", children=(TagExpression("tag", "beta"),)),
+        ),
+    ),
+    tag_query=TagQuery(any_of=(TagQuery(tag="a"), TagQuery(tags_in=("b", "c")))),
+    tag_filter_mode="advanced",
+    preset_name="dev",
+    enable_pagination=True,
+    custom_template="{{x}}",
+)
+
+
+def config(tmp_path: Path, **kw: Any) -> EngineConfig:
+    return EngineConfig(storage_dir=tmp_path / "store", **kw)
+
+
+def stored(tmp_path: Path, session_id: str) -> dict[str, Any] | None:
+    path = tmp_path / "store" / file_name_for(session_id)
+    if not path.exists():
+        return None
+    record: dict[str, Any] = msgspec.json.decode(path.read_bytes())
+    return record
+
+
+def session_files(tmp_path: Path) -> list[str]:
+    return sorted(p.name for p in (tmp_path / "store").iterdir() if p.name.endswith(".session"))
+
+
+async def settle() -> None:
+    """Let the engine's tasks and worker threads finish what the last step started."""
+    for _ in range(3):
+        await trio.testing.wait_all_tasks_blocked()
+        await trio.testing.wait_all_threads_completed()
+    await trio.testing.wait_all_tasks_blocked()
+
+
+def wall(start: float = T0) -> Callable[[], float]:
+    return lambda: start
+
+
+# -- API basics -----------------------------------------------------------------------------
+
+
+async def test_create_get_touch_delete_with_files(tmp_path: Path) -> None:
+    sid = new_session_id()
+    async with open_engine(config(tmp_path), wall_time=wall()) as e:
+        assert await e.get(sid) is None
+        assert await e.touch(sid) is False
+        await e.create(sid, RICH)
+        # create returns once the record is durable
+        record = stored(tmp_path, sid)
+        assert record is not None and record["id"] == sid and record["v"] == 1
+        assert await e.get(sid) == RICH
+        assert await e.touch(sid) is True
+        assert await e.get_and_touch(sid) == RICH
+        assert await e.delete(sid) is True
+        assert stored(tmp_path, sid) is None  # delete returns once durable
+        assert await e.get(sid) is None
+        assert await e.delete(sid) is False
+        assert await e.touch(sid) is False
+        s = e.statistics()
+        assert s.live_sessions == 0 and s.dirty_sessions == 0
+
+
+async def test_files_are_private_and_no_temp_files_remain(tmp_path: Path) -> None:
+    async with open_engine(config(tmp_path)) as e:
+        for _ in range(5):
+            await e.create(new_session_id(), RICH)
+    folder = tmp_path / "store"
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    files = session_files(tmp_path)
+    assert len(files) == 5
+    for name in files:
+        assert stat.S_IMODE((folder / name).stat().st_mode) == 0o600
+    assert not [p for p in folder.iterdir() if p.name.startswith(".tmp.")]
+
+
+async def test_restart_restores_same_sessions_with_same_fields(tmp_path: Path) -> None:
+    ids = [new_session_id() for _ in range(20)]
+    async with open_engine(config(tmp_path, persist_requests=1000)) as e:
+        for i, sid in enumerate(ids):
+            await e.create(sid, attrs.evolve(RICH, preset_name=f"p{i}"))
+        for sid in ids[::2]:
+            assert await e.touch(sid)
+        before = {sid: await e.info(sid) for sid in ids}
+        assert e.statistics().dirty_sessions == 10  # touched but below the trigger
+    async with open_engine(config(tmp_path)) as e:
+        after = {sid: await e.info(sid) for sid in ids}
+    assert after == before  # the final flush wrote the touches
+
+
+async def test_create_replaces_live_session(tmp_path: Path) -> None:
+    sid = new_session_id()
+    async with open_engine(config(tmp_path)) as e:
+        await e.create(sid, RICH)
+        await e.create(sid, ConnectionConfig(tags=("other",)))
+        assert await e.get(sid) == ConnectionConfig(tags=("other",))
+    record = stored(tmp_path, sid)
+    assert record is not None and record["payload"]["tags"] == ["other"]
+
+
+class StructPayload(msgspec.Struct, frozen=True):
+    user: str
+    scopes: tuple[str, ...] = ()
+    meta: dict[str, int] = {}
+
+
+@attrs.frozen
+class AttrsPayload:
+    n: int
+    when: float
+    nested: tuple[StructPayload, ...] = ()
+
+
+@pytest.mark.parametrize(
+    ("payload_type", "payload"),
+    [
+        (StructPayload, StructPayload("ann", ("read", "write"), {"x": 1})),
+        (AttrsPayload, AttrsPayload(3, 0.1 + 0.2, (StructPayload("b"),))),
+    ],
+)
+async def test_any_attrs_or_struct_payload_round_trips(
+    tmp_path: Path, payload_type: type[Any], payload: object
+) -> None:
+    async with open_engine(config(tmp_path), payload_type=payload_type) as e:
+        await e.create("s1", payload)
+    async with open_engine(config(tmp_path), payload_type=payload_type) as e:
+        assert await e.get("s1") == payload
+
+
+async def test_bad_payload_rejected_before_storage(tmp_path: Path) -> None:
+    async with open_engine(config(tmp_path), payload_type=StructPayload) as e:
+        with pytest.raises(PayloadError, match="must be StructPayload"):
+            await e.create("s1", RICH)
+        with pytest.raises(PayloadError, match="invalid payload"):
+            await e.create("s1", StructPayload(user=5))  # type: ignore[arg-type]
+        assert await e.get("s1") is None
+    assert session_files(tmp_path) == []
+
+
+async def test_payload_type_must_be_decodable(tmp_path: Path) -> None:
+    class Plain:
+        pass
+
+    with pytest.raises(PayloadError, match="payload_type"):
+        async with open_engine(config(tmp_path), payload_type=Plain):
+            pass
+
+
+@pytest.mark.parametrize("bad", ["", "../x", "a/b", "x" * 300, "a\x00", 7])
+async def test_invalid_ids_rejected_before_anything_touches_disk(tmp_path: Path, bad: Any) -> None:
+    async with open_engine(config(tmp_path)) as e:
+        listing = sorted(os.listdir(tmp_path / "store"))
+        for call in (e.get, e.touch, e.get_and_touch, e.delete, e.info):
+            with pytest.raises(InvalidSessionIdError):
+                await call(bad)
+        with pytest.raises(InvalidSessionIdError):
+            await e.create(bad, RICH)
+        assert sorted(os.listdir(tmp_path / "store")) == listing
+        assert e.statistics().requests == 0
+    assert sorted(os.listdir(tmp_path)) == ["store"]
+
+
+async def test_ids_that_are_not_plain_file_names_get_hashed_names(tmp_path: Path) -> None:
+    odd = ["~tilde", ".dot", "a:b*c?", "x" * 250]
+    async with open_engine(config(tmp_path)) as e:
+        for sid in odd:
+            await e.create(sid, RICH)
+    names = session_files(tmp_path)
+    assert len(names) == 4 and all(n.startswith("~") and len(n) < 100 for n in names)
+    async with open_engine(config(tmp_path)) as e:
+        for sid in odd:
+            assert await e.get(sid) == RICH
+
+
+# -- triggers, tick and flush with the mock clock and real files ------------------------------
+
+
+async def test_request_trigger_persists_on_nth_touch(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    cfg = config(tmp_path, persist_requests=3, persist_interval=1000, flush_interval=5000)
+    async with open_engine(cfg, wall_time=wall()) as e:
+        await e.create("s", RICH)
+        created = stored(tmp_path, "s")
+        assert created is not None and created["last_accessed_at"] == T0
+        for step in (1, 2):
+            mock_clock.jump(1)
+            assert await e.touch("s")
+            await settle()
+            assert stored(tmp_path, "s") == created, f"touch {step} must not write"
+        mock_clock.jump(1)
+        assert await e.touch("s")
+        await settle()
+        record = stored(tmp_path, "s")
+        assert record is not None and record["last_accessed_at"] == T0 + 3
+        assert e.statistics().persists["requests"] == 1
+
+
+async def test_interval_trigger_counts_from_create_not_zero(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    cfg = config(tmp_path, persist_requests=1000, persist_interval=60, flush_interval=5000)
+    async with open_engine(cfg, wall_time=wall()) as e:
+        await e.create("s", RICH)
+        mock_clock.jump(1)
+        assert await e.touch("s")  # the original wrote here: its M-minute clock started at 0
+        await settle()
+        record = stored(tmp_path, "s")
+        assert record is not None and record["last_accessed_at"] == T0
+        mock_clock.jump(59)
+        assert await e.touch("s")
+        await settle()
+        record = stored(tmp_path, "s")
+        assert record is not None and record["last_accessed_at"] == T0 + 60
+        assert e.statistics().persists["interval"] == 1
+
+
+async def test_flush_tick_persists_every_dirty_session(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    cfg = config(tmp_path, persist_requests=1000, persist_interval=1000, flush_interval=30)
+    ids = [f"s{i}" for i in range(1200)]  # more than one background chunk
+    async with open_engine(cfg, wall_time=wall()) as e:
+        for sid in ids:
+            await e.create(sid, RICH)
+        mock_clock.jump(10)
+        for sid in ids:
+            assert await e.touch(sid)
+        assert e.statistics().dirty_sessions == len(ids)
+        await settle()
+        assert stored(tmp_path, "s7")["last_accessed_at"] == T0  # type: ignore[index]
+        mock_clock.jump(20)  # the tick at t=30
+        await settle()
+        s = e.statistics()
+        assert s.dirty_sessions == 0 and s.persists["tick"] == len(ids)
+        for sid in ids[::97]:
+            assert stored(tmp_path, sid)["last_accessed_at"] == T0 + 10  # type: ignore[index]
+
+
+async def test_explicit_flush_is_durable_when_it_returns(tmp_path: Path) -> None:
+    async with open_engine(config(tmp_path, persist_requests=1000)) as e:
+        await e.create("s", RICH)
+        await e.touch("s")
+        info = await e.info("s")
+        await e.flush()
+        record = stored(tmp_path, "s")
+        assert info is not None and record is not None
+        assert record["last_accessed_at"] == info.last_accessed_at
+        assert e.statistics().persists["flush"] == 1
+        await e.flush()  # nothing dirty: still fine
+
+
+async def test_writes_coalesce_per_id(tmp_path: Path) -> None:
+    # persist_requests=1: every touch persists; many touches queued while a write runs are
+    # written once, with the latest state.
+    async with open_engine(config(tmp_path, persist_requests=1)) as e:
+        await e.create("s", RICH)
+        async with trio.open_nursery() as nursery:
+            for _ in range(200):
+                nursery.start_soon(e.touch, "s")
+        await e.flush()
+        s = e.statistics()
+        assert s.persists["requests"] == 200
+        assert s.storage_writes < 100
+        info = await e.info("s")
+        record = stored(tmp_path, "s")
+        assert info is not None and record is not None
+        assert record["last_accessed_at"] == info.last_accessed_at
+
+
+# -- expiry ---------------------------------------------------------------------------------
+
+
+async def test_expired_sessions_leave_memory_and_storage(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    cfg = config(tmp_path, ttl=100, flush_interval=10_000)
+    async with open_engine(cfg, wall_time=wall()) as e:
+        await e.create("old", RICH)
+        mock_clock.jump(50)
+        await e.create("young", RICH)
+        mock_clock.jump(49)
+        assert await e.touch("old")  # slides to 199
+        mock_clock.jump(52)  # t=151: young (150) is due
+        await settle()
+        assert e.statistics().expired == 1
+        assert session_files(tmp_path) == ["old.session"]
+        assert await e.get("young") is None
+        assert await e.touch("young") is False  # never resurrected
+        mock_clock.jump(48)  # t=199
+        await settle()
+        assert await e.get("old") is None
+        assert session_files(tmp_path) == []
+
+
+async def test_expiry_across_restart(tmp_path: Path) -> None:
+    cfg = config(tmp_path, ttl=100)
+    async with open_engine(cfg, wall_time=wall(T0)) as e:
+        await e.create("a", RICH)
+    async with open_engine(cfg, wall_time=wall(T0 + 60)) as e:
+        await e.create("b", RICH)
+        assert await e.get("a") == RICH
+    async with open_engine(cfg, wall_time=wall(T0 + 120)) as e:
+        assert await e.get("a") is None
+        assert await e.get("b") == RICH
+    assert session_files(tmp_path) == ["b.session"]  # the expired file was removed at open
+
+
+# -- bound ------------------------------------------------------------------------------------
+
+
+async def test_max_sessions_evicts_least_recently_accessed(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    cfg = config(tmp_path, max_sessions=3)
+    async with open_engine(cfg) as e:
+        for sid in ("a", "b", "c"):
+            await e.create(sid, RICH)
+            mock_clock.jump(1)
+        await e.touch("a")
+        await e.create("d", RICH)
+        assert await e.get("b") is None
+        assert {sid for sid in "acd" if await e.get(sid)} == set("acd")
+        s = e.statistics()
+        assert s.live_sessions == 3 and s.evicted == 1
+        assert session_files(tmp_path) == ["a.session", "c.session", "d.session"]
+
+
+async def test_bound_applies_at_open(tmp_path: Path, mock_clock: trio.testing.MockClock) -> None:
+    async with open_engine(config(tmp_path)) as e:
+        for sid in ("a", "b", "c", "d"):
+            await e.create(sid, RICH)
+            mock_clock.jump(1)
+    async with open_engine(config(tmp_path, max_sessions=2)) as e:
+        assert e.statistics().live_sessions == 2
+        assert await e.get("c") == RICH and await e.get("d") == RICH
+        await e.flush()
+    assert session_files(tmp_path) == ["c.session", "d.session"]
+
+
+# -- memory only ----------------------------------------------------------------------------
+
+
+async def test_memory_only_touches_no_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+
+    def no_disk(*args: object, **kwargs: object) -> None:
+        raise AssertionError("memory-only engine touched the disk")
+
+    monkeypatch.setattr(engine._directory, "_write_atomic", no_disk)
+    async with open_engine(EngineConfig(persist_requests=1)) as e:
+        await e.create("s", RICH)
+        for _ in range(5):
+            assert await e.touch("s")
+        await e.flush()
+        s = e.statistics()
+        assert s.dirty_sessions == 0 and s.pending_writes == 0
+        assert sum(s.persists.values()) == 0
+        assert await e.delete("s")
+    assert os.listdir(tmp_path) == []
+
+
+# -- lock -----------------------------------------------------------------------------------
+
+
+async def test_second_engine_on_same_folder_fails_clearly(tmp_path: Path) -> None:
+    async with open_engine(config(tmp_path)):
+        with pytest.raises(StorageLockedError, match="in use by another engine"):
+            async with open_engine(config(tmp_path)):
+                pass  # pragma: no cover
+        script = (
+            "import trio, sys\n"
+            "from engine import DirectoryStore, StorageLockedError\n"
+            "try:\n"
+            f"    trio.run(DirectoryStore({str(tmp_path / 'store')!r}).open)\n"
+            "except StorageLockedError as e:\n"
+            "    print('locked:', e); sys.exit(3)\n"
+        )
+        proc = await trio.run_process(
+            [sys.executable, "-c", script], capture_stdout=True, check=False
+        )
+        assert proc.returncode == 3, proc.stdout
+        assert f"pid {os.getpid()}" in proc.stdout.decode()
+    async with open_engine(config(tmp_path)):  # released at close
+        pass
+
+
+async def test_storage_dir_that_is_a_file_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "store").write_text("not a folder")
+    with pytest.raises(StorageError, match="not a folder"):
+        async with open_engine(config(tmp_path)):
+            pass  # pragma: no cover
+
+
+# -- storage faults -------------------------------------------------------------------------
+
+
+async def test_fsync_failure_is_counted_retried_and_memory_keeps_serving(
+    tmp_path: Path, mock_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_fsync = os.fsync
+    broken = True
+
+    def fsync(fd: int) -> None:
+        if broken:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    cfg = config(tmp_path, retry_interval=5)
+    async with open_engine(cfg) as e:
+        await e.create("ok", RICH)
+        monkeypatch.setattr(os, "fsync", fsync)
+        with pytest.raises(StorageError, match="No space left"):
+            await e.create("s", RICH)
+        assert await e.get_and_touch("s") == RICH  # served from memory
+        assert "s.session" not in session_files(tmp_path)
+        assert e.statistics().storage_errors >= 1
+        assert e.statistics().pending_writes == 1
+        mock_clock.jump(5)
+        await settle()
+        assert e.statistics().storage_errors >= 2  # retried, failed again
+        broken = False
+        mock_clock.jump(5)
+        await settle()
+        assert "s.session" in session_files(tmp_path)
+        assert e.statistics().pending_writes == 0
+        assert stored(tmp_path, "ok") is not None  # nothing persisted was lost
+    assert not [p for p in (tmp_path / "store").iterdir() if p.name.startswith(".tmp.")]
+
+
+async def test_delete_failure_is_retried_so_no_resurrection(
+    tmp_path: Path, mock_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_unlink = os.unlink
+
+    def unlink(path: Any, *args: Any, **kwargs: Any) -> None:
+        if str(path).endswith("s.session"):
+            raise OSError(errno.EIO, "Input/output error")
+        real_unlink(path, *args, **kwargs)
+
+    async with open_engine(config(tmp_path, retry_interval=1)) as e:
+        await e.create("s", RICH)
+        monkeypatch.setattr(os, "unlink", unlink)
+        with pytest.raises(StorageError, match="Input/output"):
+            await e.delete("s")
+        assert await e.get("s") is None
+        monkeypatch.setattr(os, "unlink", real_unlink)
+        mock_clock.jump(1)
+        await settle()
+        assert session_files(tmp_path) == []
+    async with open_engine(config(tmp_path)) as e:
+        assert await e.get("s") is None
+
+
+# -- cancellation and close -----------------------------------------------------------------
+
+
+async def test_cancelled_request_has_no_effect(tmp_path: Path) -> None:
+    async with open_engine(config(tmp_path, persist_requests=1)) as e:
+        await e.create("s", RICH)
+        info = await e.info("s")
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await e.touch("s")
+        assert scope.cancelled_caught
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await e.delete("s")
+        assert await e.info("s") == info
+        assert e.statistics().persists["requests"] == 0
+
+
+async def test_calls_after_close_raise_engine_closed(tmp_path: Path) -> None:
+    async with open_engine(config(tmp_path)) as e:
+        pass
+    with pytest.raises(EngineClosedError):
+        await e.get("s")
+    with pytest.raises(trio.ClosedResourceError):
+        await e.create("s", RICH)
+    assert e.statistics().live_sessions == 0
+
+
+async def test_close_while_callers_wait(tmp_path: Path) -> None:
+    ids = [f"s{i}" for i in range(20)]
+    outcomes: dict[int, str] = {}
+    successes: dict[str, int] = dict.fromkeys(ids, 0)
+
+    async def caller(e: engine.Engine[ConnectionConfig], n: int) -> None:
+        sid = ids[n % len(ids)]
+        try:
+            while True:
+                assert await e.get_and_touch(sid) == RICH
+                successes[sid] += 1
+        except EngineClosedError:
+            outcomes[n] = "closed"
+
+    cfg = config(tmp_path, queue_size=4, persist_requests=1000)
+    async with trio.open_nursery() as nursery:
+        async with open_engine(cfg) as e:
+            for sid in ids:
+                await e.create(sid, RICH)
+            for n in range(60):
+                nursery.start_soon(caller, e, n)
+            for _ in range(50):
+                await trio.lowlevel.checkpoint()
+            live_before = {sid: await e.info(sid) for sid in ids}
+    assert outcomes == dict.fromkeys(range(60), "closed")
+    assert sum(successes.values()) > 0
+    s = e.statistics()
+    assert s.dirty_sessions == 0 and s.pending_writes == 0
+    async with open_engine(cfg) as e:
+        for sid in ids:
+            info = await e.info(sid)
+            before = live_before[sid]
+            assert info is not None and before is not None
+            assert info.last_accessed_at >= before.last_accessed_at
+
+
+async def test_exception_in_body_propagates_unwrapped_and_flushes(tmp_path: Path) -> None:
+    with pytest.raises(KeyError, match="boom"):
+        async with open_engine(config(tmp_path, persist_requests=1000)) as e:
+            await e.create("s", RICH)
+            await e.touch("s")
+            info = await e.info("s")
+            raise KeyError("boom")
+    record = stored(tmp_path, "s")
+    assert info is not None and record is not None
+    assert record["last_accessed_at"] == info.last_accessed_at
+
+
+async def test_queue_high_water_is_reported(tmp_path: Path) -> None:
+    async with open_engine(config(tmp_path)) as e:
+        await e.create("s", RICH)
+        async with trio.open_nursery() as nursery:
+            for _ in range(50):
+                nursery.start_soon(e.get, "s")
+        assert 1 < e.statistics().queue_high_water <= 51
