@@ -1,0 +1,1 @@
+"""The engine's benchmark suite: ``python -m benchmarks`` (see docs/benchmarks.md)."""
