@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -174,7 +173,7 @@ async def test_any_attrs_or_struct_payload_round_trips(
 async def test_bad_payload_rejected_before_storage(tmp_path: Path) -> None:
     async with open_engine(config(tmp_path), payload_type=StructPayload) as e:
         with pytest.raises(PayloadError, match="must be StructPayload"):
-            await e.create("s1", RICH)
+            await e.create("s1", RICH)  # type: ignore[arg-type]
         with pytest.raises(PayloadError, match="invalid payload"):
             await e.create("s1", StructPayload(user=5))  # type: ignore[arg-type]
         assert await e.get("s1") is None
@@ -539,15 +538,14 @@ async def test_close_while_callers_wait(tmp_path: Path) -> None:
             outcomes[n] = "closed"
 
     cfg = config(tmp_path, queue_size=4, persist_requests=1000)
-    async with trio.open_nursery() as nursery:
-        async with open_engine(cfg) as e:
-            for sid in ids:
-                await e.create(sid, RICH)
-            for n in range(60):
-                nursery.start_soon(caller, e, n)
-            for _ in range(50):
-                await trio.lowlevel.checkpoint()
-            live_before = {sid: await e.info(sid) for sid in ids}
+    async with trio.open_nursery() as nursery, open_engine(cfg) as e:
+        for sid in ids:
+            await e.create(sid, RICH)
+        for n in range(60):
+            nursery.start_soon(caller, e, n)
+        for _ in range(50):
+            await trio.lowlevel.checkpoint()
+        live_before = {sid: await e.info(sid) for sid in ids}
     assert outcomes == dict.fromkeys(range(60), "closed")
     assert sum(successes.values()) > 0
     s = e.statistics()
@@ -561,12 +559,18 @@ async def test_close_while_callers_wait(tmp_path: Path) -> None:
 
 
 async def test_exception_in_body_propagates_unwrapped_and_flushes(tmp_path: Path) -> None:
-    with pytest.raises(KeyError, match="boom"):
+    seen: list[engine.SessionInfo[ConnectionConfig] | None] = []
+
+    async def body() -> None:
         async with open_engine(config(tmp_path, persist_requests=1000)) as e:
             await e.create("s", RICH)
             await e.touch("s")
-            info = await e.info("s")
+            seen.append(await e.info("s"))
             raise KeyError("boom")
+
+    with pytest.raises(KeyError, match="boom"):
+        await body()
+    (info,) = seen
     record = stored(tmp_path, "s")
     assert info is not None and record is not None
     assert record["last_accessed_at"] == info.last_accessed_at
