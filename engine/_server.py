@@ -279,9 +279,12 @@ class McpApp:
         try:
             body = await self._read_body(headers, receive)
         except _TooLargeError:
-            return _json_error(
+            # The rest of the body is not read, so this connection cannot carry another request.
+            response = _json_error(
                 413, INVALID_REQUEST, f"Request body larger than {self.max_body} bytes"
             )
+            response.headers.append((b"connection", b"close"))
+            return response
         try:
             message = _decoder.decode(body)
         except msgspec.ValidationError as exc:
