@@ -80,7 +80,9 @@ class SessionTable(Generic[P]):
     """All live sessions, their persistence triggers and their expiry order.
 
     *encode* turns an entry into record bytes; ``None`` means memory only: no dirty state is
-    kept and the outbox stays empty. *delete_expired*: issue storage deletes for sessions that
+    kept and the outbox stays empty. *evict_to_storage*: at the bound, write a dirty session and
+    keep it in storage instead of deleting it (for stores that load on a miss, where memory is a
+    cache of storage). *delete_expired*: issue storage deletes for sessions that
     expire (false for backends that expire keys themselves).
     """
 
@@ -93,6 +95,7 @@ class SessionTable(Generic[P]):
         max_sessions: int | None,
         encode: Encoder[P] | None,
         delete_expired: bool = True,
+        evict_to_storage: bool = False,
     ) -> None:
         self.ttl = ttl
         self.persist_requests = persist_requests
@@ -100,6 +103,7 @@ class SessionTable(Generic[P]):
         self.max_sessions = max_sessions
         self._encode = encode
         self._delete_expired = delete_expired and encode is not None
+        self._evict_to_storage = evict_to_storage
         self.sessions: dict[str, Entry[P]] = {}
         self.dirty: dict[str, None] = {}
         """Ids touched since their last persist, oldest first (an ordered set)."""
@@ -310,7 +314,11 @@ class SessionTable(Generic[P]):
             if entry.expires > item[0]:
                 heapq.heappush(heap, (entry.expires, entry.serial, item[2]))
                 continue
-            self._remove(item[2])
+            session_id = item[2]
+            if self._evict_to_storage:
+                if session_id in self.dirty:
+                    self._persist(session_id, Cause.FLUSH, now)
+            elif self._encode is not None:
+                self.outbox[session_id] = None
+            self._remove(session_id)
             self.evicted += 1
-            if self._encode is not None:
-                self.outbox[item[2]] = None

@@ -250,6 +250,7 @@ class Engine(Generic[P]):
             max_sessions=config.max_sessions,
             encode=self._encode if store is not None else None,
             delete_expired=store is None or not store.expires_keys,
+            evict_to_storage=store is not None and not store.preloads,
         )
         self._send, self._receive = trio.open_memory_channel[_Call](config.queue_size)
         self._writer = _Writer(store, config.retry_interval) if store else None
@@ -258,6 +259,11 @@ class Engine(Generic[P]):
         self._flush_waiters: list[_Call] = []
         self._sweep_due = False
         self._high_water = 0
+        # Lazy stores (not preloading): calls on an id being loaded, in arrival order.
+        self._lazy = store is not None and not store.preloads
+        self._loading: dict[str, list[_Call]] = {}
+        self._load_lot = trio.lowlevel.ParkingLot()
+        self._nursery: trio.Nursery | None = None
         self._trace: list[tuple[_Call, float]] | None = None
         """Test hook, off (``None``) by default: set it to a list and the actor appends
         ``(call, now)`` for every request it applies, in order, so a call's index is its sequence
@@ -386,8 +392,10 @@ class Engine(Generic[P]):
                 self._high_water = applied
             self._submit()
 
-    def _apply(self, call: _Call, now: float) -> None:
+    def _apply(self, call: _Call, now: float, resident: bool = False) -> None:
         if call.state == _ABANDONED:
+            return
+        if self._lazy and not resident and call.kind <= _INFO and self._miss(call):
             return
         if self._trace is not None:
             self._trace.append((call, now))
@@ -495,10 +503,50 @@ class Engine(Generic[P]):
             return False
         return True
 
+    # -- lazy loading (stores that do not preload, such as a shared Redis) ---------------------
+
+    def _miss(self, call: _Call) -> bool:
+        """Park *call* if its id must first be loaded from storage; True if parked. Later calls
+        on that id queue behind it, so per-id order is kept; other ids are not held up."""
+        session_id = call.session_id
+        queued = self._loading.get(session_id)
+        if queued is not None:
+            queued.append(call)
+            return True
+        if call.kind == _CREATE or session_id in self._core.sessions:
+            return False
+        self._loading[session_id] = [call]
+        assert self._nursery is not None
+        self._nursery.start_soon(self._load_one, session_id)
+        return True
+
+    async def _load_one(self, session_id: str) -> None:
+        assert self._store is not None
+        error: Exception | None = None
+        record: StoredSession[P] | None = None
+        try:
+            record = await self._store.load_one(session_id, self._codec.decode)
+        except Exception as exc:
+            log.error("loading session %s failed: %s", session_id, exc)
+            error = exc
+        # Synchronous from here: this is a state change like any other the actor makes.
+        calls = self._loading.pop(session_id)
+        now = self._now()
+        if record is not None and record.id == session_id:
+            r = record
+            self._core.load(session_id, r.payload, r.created_at, r.last_accessed_at, r.expires, now)
+        for call in calls:
+            if error is None:
+                self._apply(call, now, resident=True)
+            else:
+                call.fail(StorageError(f"cannot load session {session_id}: {error}"))
+        self._submit()
+        self._load_lot.unpark_all()
+
     # -- open / close -------------------------------------------------------------------------
 
     async def _load(self) -> None:
-        if self._store is None:
+        if self._store is None or self._lazy:
             return
         records: list[StoredSession[P]] = await self._store.load_all(
             self._codec.decode, self._now()
@@ -512,6 +560,8 @@ class Engine(Generic[P]):
     async def _close(self) -> None:
         """Stop taking requests, apply what is queued, flush everything dirty, drain writes.
         Runs after the actor returned (the channel is closed and drained)."""
+        while self._loading:  # calls parked on a lazy load are applied before the final flush
+            await self._load_lot.park()
         core = self._core
         while core.dirty:
             core.persist_dirty(CHUNK, Cause.FLUSH, self._now())
@@ -606,6 +656,7 @@ async def _open_engine(
         engine = Engine(config, codec, store, _wall_clock(wall_time))
         await engine._load()
         async with _unwrap_single(), trio.open_nursery() as nursery:
+            engine._nursery = nursery
             nursery.start_soon(engine._run_flush_ticker)
             nursery.start_soon(engine._run_sweeper)
             actor_done = trio.Event()
