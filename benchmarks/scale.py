@@ -1,0 +1,113 @@
+"""Workload 5: scale. Get-and-touch throughput (100 client tasks) and the cost of the expiry
+sweep, from 1k to 1M live sessions; the goal is flat.
+
+The engine runs on an in-memory store that hands it the sessions at open (so 1M sessions load
+in seconds) and counts writes; the dual trigger and encoding run as usual. The sweep is timed on
+the core (``SessionTable.expire``, what the actor runs in chunks of 512): sessions are loaded
+with expiries spread over the TTL, then the clock is moved so that 1% of them (at most 10k)
+are due, and the sweep's cost per removed session is reported.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import trio
+
+from engine import EngineConfig, open_engine
+from engine._core import SessionTable
+
+from ._common import (
+    DEFAULT_PAYLOAD,
+    TTL,
+    MemoryStore,
+    Table,
+    WorkloadResult,
+    median,
+    session_ids,
+    stored_records,
+)
+from .request_path import _round
+
+NAME = "scale"
+TASKS = 100
+
+
+async def _throughput(ids: list[str], rounds: int, duration: float) -> float:
+    store = MemoryStore(records=stored_records(ids, time.time()))
+    rng = random.Random(5)
+    per_task = [[ids[rng.randrange(len(ids))] for _ in range(2048)] for _ in range(TASKS)]
+    async with open_engine(EngineConfig(), store=store) as engine:
+        await _round(engine.get_and_touch, per_task, duration / 3)
+        return median(
+            [(await _round(engine.get_and_touch, per_task, duration))["ops_per_s"]
+             for _ in range(rounds)]
+        )
+
+
+def _sweep(ids: list[str]) -> tuple[float, int]:
+    table: SessionTable[object] = SessionTable(
+        ttl=TTL,
+        persist_requests=100,
+        persist_interval=300,
+        max_sessions=None,
+        encode=lambda sid, entry: b"",
+    )
+    n = len(ids)
+    now = 1.7e9
+    for i, sid in enumerate(ids):
+        table.load(sid, DEFAULT_PAYLOAD, now, now, now + TTL * (i + 1) / n, now)
+    due = max(1, min(n // 100, 10_000))
+    at = now + TTL * due / n + 1e-3
+    t0 = time.perf_counter()
+    removed = 0
+    while True:
+        step = table.expire(at, 512)
+        removed += step
+        if step < 512:
+            break
+    took = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    for _ in range(1000):
+        table.expire(at, 512)  # nothing due: the cost of a sweep that finds nothing
+    idle = (time.perf_counter() - t1) / 1000
+    return took / max(removed, 1), removed if idle >= 0 else 0
+
+
+def run(quick: bool = False) -> WorkloadResult:
+    sizes = [1000, 10_000] if quick else [1000, 10_000, 100_000, 1_000_000]
+    rounds = 1 if quick else 5
+    duration = 0.2 if quick else 1.0
+    rows: list[list[object]] = []
+    data: dict[str, dict[str, float]] = {}
+    for n in sizes:
+        ids = session_ids(n)
+        ops = trio.run(_throughput, ids, rounds, duration)
+        per_removed, removed = _sweep(ids)
+        data[str(n)] = {"ops_per_s": ops, "sweep_us_per_session": per_removed * 1e6}
+        rows.append([n, ops, per_removed * 1e6, removed])
+    base = data[str(sizes[0])]
+    for row, n in zip(rows, sizes, strict=True):
+        row.insert(2, data[str(n)]["ops_per_s"] / base["ops_per_s"])
+        row.insert(4, data[str(n)]["sweep_us_per_session"] / base["sweep_us_per_session"])
+    return WorkloadResult(
+        name=NAME,
+        title="Workload 5: scale",
+        params={"tasks": TASKS, "rounds": rounds, "round_s": duration},
+        tables=[
+            Table(
+                title="get-and-touch throughput and expiry cost by live sessions",
+                columns=[
+                    "sessions",
+                    "ops/s",
+                    "x 1k",
+                    "sweep us/expired",
+                    "x 1k",
+                    "expired in sweep",
+                ],
+                rows=rows,
+            )
+        ],
+        data=data,
+    )
