@@ -1,0 +1,181 @@
+"""``python -m engine inspect|stats|purge|demo`` on real storage folders made by the engine:
+what they print, what they change, and their exit codes for a missing folder, a folder held by
+a running engine, and a folder that is not a session store."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from engine import EngineConfig, open_engine
+from engine._cli import EXIT_LOCKED, EXIT_MISSING, EXIT_NOT_A_STORE, main
+from engine._server_payload import McpSession, connection_from_query
+
+
+def _make_store(path: Path) -> tuple[list[str], list[str]]:
+    """A store with two live sessions and one that expired 15 minutes ago."""
+    live = ["stream-live-1", "stream-live-2"]
+    expired = ["stream-old-1"]
+
+    async def fill(ids: list[str], wall_time: float, query: dict[str, list[str]]) -> None:
+        config = EngineConfig(storage_dir=path, ttl=100)
+        async with open_engine(
+            config, payload_type=McpSession, wall_time=lambda: wall_time
+        ) as engine:
+            for sid in ids:
+                payload = McpSession(
+                    protocol_version="2025-06-18",
+                    client_name="cli-test",
+                    client_version="1",
+                    connection=connection_from_query(query),
+                )
+                await engine.create(sid, payload)
+
+    trio.run(fill, live, time.time(), {"tags": ["web,api"]})
+    # The second engine's clock is 1000 s behind: it sees the first one's sessions as live (so
+    # it keeps their files) and writes one that, at real time, expired 900 s ago.
+    trio.run(fill, expired, time.time() - 1000, {"preset": ["old"]})
+    return live, expired
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> tuple[Path, list[str], list[str]]:
+    path = tmp_path / "sessions"
+    live, expired = _make_store(path)
+    return path, live, expired
+
+
+@pytest.fixture
+def held(store: tuple[Path, list[str], list[str]]) -> Iterator[Path]:
+    """The store's lock held as a running engine holds it (another open file description)."""
+    path = store[0]
+    fd = os.open(path / ".lock", os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, b"4242", 0)
+    try:
+        yield path
+    finally:
+        os.close(fd)
+
+
+def test_inspect_lists_live_sessions(
+    store: tuple[Path, list[str], list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, live, expired = store
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    for sid in live:
+        assert sid in out
+    assert expired[0] not in out
+    assert "client=cli-test 1 tags=web,api" in out
+    assert "2 live, 1 expired" in out
+
+    assert main(["inspect", str(path), "--all", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert sorted(r["id"] for r in rows) == sorted(live + expired)
+    by_id = {r["id"]: r for r in rows}
+    assert by_id[expired[0]]["expired"] is True
+    assert by_id[live[0]]["expired"] is False
+    assert by_id[live[0]]["payload"]["connection"]["tags"] == ["web", "api"]
+    assert by_id[live[0]]["expires"] - by_id[live[0]]["last_accessed_at"] == pytest.approx(100)
+
+
+def test_stats_counts(
+    store: tuple[Path, list[str], list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, _, _ = store
+    (path / "notes.txt").write_text("not ours")
+    (path / "stream-bad.session").write_bytes(b'{"v": 1, "id": "stream-b')  # torn
+    assert main(["stats", str(path), "--json"]) == 0
+    counts = json.loads(capsys.readouterr().out)
+    assert counts["live"] == 2
+    assert counts["expired"] == 1
+    assert counts["unreadable"] == 1
+    assert counts["foreign_entries"] == 1
+    assert counts["held_by_pid"] is None
+    assert main(["stats", str(path)]) == 0
+    assert "live:" in capsys.readouterr().out
+
+
+def test_purge_removes_expired_sessions_only(
+    store: tuple[Path, list[str], list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, live, expired = store
+    (path / "stream-bad.session").write_bytes(b"garbage")
+    (path / "notes.txt").write_text("not ours")
+    before = sorted(os.listdir(path))
+    assert main(["purge", str(path), "--dry-run"]) == 0
+    assert f"would remove {expired[0]}" in capsys.readouterr().out
+    assert sorted(os.listdir(path)) == before  # a dry run changes nothing
+
+    assert main(["purge", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "removed 1 expired sessions" in out
+    assert "quarantined stream-bad.session" in out
+    assert not (path / f"{expired[0]}.session").exists()
+    for sid in live:
+        assert (path / f"{sid}.session").exists()
+    assert (path / "notes.txt").read_text() == "not ours"  # not ours: left alone
+    assert (path / "quarantine" / "stream-bad.session").read_bytes() == b"garbage"
+
+
+def test_purge_refuses_a_folder_held_by_a_running_engine(
+    held: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = sorted(os.listdir(held))
+    assert main(["purge", str(held)]) == EXIT_LOCKED
+    err = capsys.readouterr().err
+    assert "in use by another engine (pid 4242)" in err
+    assert "stop it first" in err
+    assert sorted(os.listdir(held)) == before
+
+
+def test_inspect_and_stats_work_beside_a_running_engine(
+    held: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["inspect", str(held)]) == 0
+    captured = capsys.readouterr()
+    assert "2 live" in captured.out
+    assert "running engine (pid 4242)" in captured.err
+    assert main(["stats", str(held), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["held_by_pid"] == "4242"
+
+
+@pytest.mark.parametrize("command", ["inspect", "stats", "purge"])
+def test_missing_and_foreign_folders(
+    tmp_path: Path, command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "nowhere"
+    assert main([command, str(missing)]) == EXIT_MISSING
+    assert "no such folder" in capsys.readouterr().err
+    assert not missing.exists()  # not created
+
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    assert main([command, str(a_file)]) == EXIT_NOT_A_STORE
+    assert "not a folder" in capsys.readouterr().err
+
+    other = tmp_path / "photos"
+    other.mkdir()
+    (other / "cat.jpg").write_bytes(b"\xff\xd8")
+    assert main([command, str(other)]) == EXIT_NOT_A_STORE
+    assert "not a session store" in capsys.readouterr().err
+    assert os.listdir(other) == ["cat.jpg"]  # untouched, no lock file left
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([command, str(empty)]) == EXIT_NOT_A_STORE
+    assert os.listdir(empty) == []
+
+
+def test_demo_still_works(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--dir", str(tmp_path / "demo")]) == 0
+    assert "after restart" in capsys.readouterr().out
