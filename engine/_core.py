@@ -200,11 +200,14 @@ class SessionTable(Generic[P]):
         return len(ids)
 
     def expire(self, now: float, limit: int) -> int:
-        """Remove up to *limit* sessions whose expiry is due; return how many were removed.
-        Cost is O(log n) per removed or re-queued session, never a scan of all sessions."""
+        """Remove sessions whose expiry is due, looking at no more than *limit* heap items
+        (removed, re-queued or stale); return how many were removed. Cost is O(log n) per item,
+        never a scan of all sessions. :meth:`expiry_due` says whether more is due."""
         removed = 0
         heap = self._heap
-        while heap and removed < limit and heap[0][0] <= now:
+        for _ in range(limit):
+            if not heap or heap[0][0] > now:
+                break
             item = heapq.heappop(heap)
             entry = self._current(item)
             if entry is None:
@@ -215,6 +218,10 @@ class SessionTable(Generic[P]):
             self._expire(item[2])
             removed += 1
         return removed
+
+    def expiry_due(self, now: float) -> bool:
+        """True if :meth:`expire` has work at *now*."""
+        return bool(self._heap) and self._heap[0][0] <= now
 
     def next_expiry(self) -> float | None:
         """A time at or before the earliest expiry, or ``None`` when there are no sessions."""
@@ -304,7 +311,7 @@ class SessionTable(Generic[P]):
         """At the bound, evict the least recently accessed session (the earliest expiry)."""
         if self.max_sessions is None or len(self.sessions) < self.max_sessions:
             return
-        self.expire(now, len(self.sessions))  # due sessions go first, as expired
+        self.expire(now, len(self._heap))  # due sessions go first, as expired
         heap = self._heap
         while len(self.sessions) >= self.max_sessions and heap:
             item = heapq.heappop(heap)

@@ -50,9 +50,7 @@ class _Call:
 
     __slots__ = ("arg", "kind", "result", "session_id", "state", "task")
 
-    def __init__(
-        self, kind: int, session_id: str, arg: object, task: trio.lowlevel.Task | None
-    ) -> None:
+    def __init__(self, kind: int, session_id: str, arg: object, task: trio.lowlevel.Task) -> None:
         self.kind = kind
         self.session_id = session_id
         self.arg = arg
@@ -69,7 +67,7 @@ class _Call:
     def _answer(self, result: outcome.Outcome[object]) -> None:
         if self.state == _PARKED:
             self.state = _DONE
-            trio.lowlevel.reschedule(cast(trio.lowlevel.Task, self.task), result)
+            trio.lowlevel.reschedule(self.task, result)
         elif self.state == _SENDING:
             # The caller is still inside ``await send`` (a full channel handed the call to the
             # actor and the channel already rescheduled the sender): leave the answer for it.
@@ -258,6 +256,7 @@ class Engine(Generic[P]):
         self._flush_cause = Cause.TICK
         self._flush_waiters: list[_Call] = []
         self._sweep_due = False
+        self._sweeper: _Call | None = None
         self._high_water = 0
         # Lazy stores (not preloading): calls on an id being loaded, in arrival order.
         self._lazy = store is not None and not store.preloads
@@ -434,8 +433,10 @@ class Engine(Generic[P]):
                 self._finish_flush()
         elif kind == _TICK:
             self._start_flush(Cause.TICK)
+            call.reply(None)
         elif kind == _SWEEP:
             self._sweep_due = True
+            self._sweeper = call  # answered when the sweep is done
 
     def _reply_when_durable(self, call: _Call) -> None:
         """Reply once this call's storage operation is durable (at once if it made none)."""
@@ -475,7 +476,11 @@ class Engine(Generic[P]):
             if not self._flush_budget and self._flush_waiters:
                 self._finish_flush()
         elif self._sweep_due:
-            self._sweep_due = core.expire(now, CHUNK) == CHUNK
+            core.expire(now, CHUNK)
+            if not core.expiry_due(now):
+                self._sweep_due = False
+                if self._sweeper is not None:
+                    self._sweeper.reply(None)
         self._submit()
 
     # -- tickers ------------------------------------------------------------------------------
@@ -485,7 +490,9 @@ class Engine(Generic[P]):
             return
         while True:
             await trio.sleep(self.config.flush_interval)
-            if not await self._send_internal(_TICK):
+            try:
+                await self._call(_TICK, "")
+            except EngineClosedError:
                 return
 
     async def _run_sweeper(self) -> None:
@@ -493,15 +500,10 @@ class Engine(Generic[P]):
             deadline = self._core.next_expiry()
             delay = self.config.ttl if deadline is None else deadline - self._now()
             await trio.sleep(max(delay, 0.0))
-            if not await self._send_internal(_SWEEP):
+            try:
+                await self._call(_SWEEP, "")  # returns when the sweep is done
+            except EngineClosedError:
                 return
-
-    async def _send_internal(self, kind: int) -> bool:
-        try:
-            await self._send.send(_Call(kind, "", None, None))
-        except trio.ClosedResourceError:
-            return False
-        return True
 
     # -- lazy loading (stores that do not preload, such as a shared Redis) ---------------------
 
