@@ -8,18 +8,28 @@ from typing import Final, Generic, TypeVar, final
 import attrs
 import msgspec
 
-from ._directory import MAX_RECORD_BYTES
 from ._errors import PayloadError
 
-__all__ = ["FORMAT_VERSION", "MAX_PAYLOAD_BYTES", "Codec", "CorruptRecordError", "StoredSession"]
+__all__ = [
+    "FORMAT_VERSION",
+    "MAX_PAYLOAD_BYTES",
+    "MAX_RECORD_BYTES",
+    "Codec",
+    "CorruptRecordError",
+    "StoredSession",
+]
 
 P = TypeVar("P")
 
 FORMAT_VERSION: Final = 1
-MAX_PAYLOAD_BYTES: Final = MAX_RECORD_BYTES - 4096
-"""Largest encoded payload accepted at create: a larger record would be quarantined, unread, by
-the directory store at the next open (4 KiB is left for the id and timestamps)."""
 """Version written into every record; records with another version are quarantined, not read."""
+
+MAX_RECORD_BYTES: Final = 1 << 20
+"""Largest record a store reads; larger ones are quarantined unread."""
+
+MAX_PAYLOAD_BYTES: Final = MAX_RECORD_BYTES - 4096
+"""Largest encoded payload accepted at create, so that every record stays readable (4 KiB is
+left for the id and timestamps)."""
 
 
 class StoredSession(msgspec.Struct, Generic[P], frozen=True, forbid_unknown_fields=True):

@@ -23,6 +23,7 @@ from typing import Final, TypeVar, final
 import attrs
 import trio
 
+from ._codec import MAX_RECORD_BYTES
 from ._errors import StorageError, StorageLockedError
 from ._store import LoadedRecord, WriteBatch
 
@@ -36,8 +37,6 @@ SUFFIX: Final = ".session"
 LOCK_NAME: Final = ".lock"
 TEMP_PREFIX: Final = ".tmp."
 QUARANTINE: Final = "quarantine"
-MAX_RECORD_BYTES: Final = 1 << 20
-"""Records larger than this are quarantined unread."""
 
 _PLAIN_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}\Z")
 
