@@ -22,20 +22,21 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, Literal, Protocol, TextIO, final
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, TextIO, final
 from urllib.parse import parse_qs
 
 import msgspec
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
-from hypercorn.typing import (
-    ASGIReceiveCallable,
-    ASGISendCallable,
-    HTTPScope,
-    LifespanScope,
-    Scope,
-)
+
+if TYPE_CHECKING:  # hypercorn is imported when serving, not by ``import engine``
+    from hypercorn.config import Config as HypercornConfig
+    from hypercorn.typing import (
+        ASGIReceiveCallable,
+        ASGISendCallable,
+        HTTPScope,
+        LifespanScope,
+        Scope,
+    )
 
 from ._engine import Statistics, open_engine
 from ._errors import EngineClosedError, InvalidSessionIdError, StorageError
@@ -190,11 +191,14 @@ class McpApp:
         except _DisconnectError:
             self.metrics.observe(route, 499, trio.current_time() - start)
             return
+        headers = response.headers
+        if response.status != 204:
+            headers.append((b"content-length", b"%d" % len(response.body)))
         await send(
             {
                 "type": "http.response.start",
                 "status": response.status,
-                "headers": response.headers,
+                "headers": headers,
                 "trailers": False,
             }
         )
@@ -413,6 +417,8 @@ def _version() -> str:
 
 def hypercorn_config(config: ServerConfig) -> HypercornConfig:
     """The hypercorn settings for *config*: one bind, no access log, our graceful timeout."""
+    from hypercorn.config import Config as HypercornConfig
+
     hc = HypercornConfig()
     host = f"[{config.host}]" if ":" in config.host else config.host
     hc.bind = [f"{host}:{config.port}"]
@@ -498,6 +504,8 @@ async def _serve_app(
     *,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    from hypercorn.trio import serve as hypercorn_serve
+
     await hypercorn_serve(
         app,
         hc,
