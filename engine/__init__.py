@@ -27,6 +27,11 @@ from ._payload import ConnectionConfig as ConnectionConfig
 from ._payload import TagExpression as TagExpression
 from ._payload import TagFilterMode as TagFilterMode
 from ._payload import TagQuery as TagQuery
+from ._server import McpApp as McpApp
+from ._server import serve as serve
+from ._server_config import ServerConfig as ServerConfig
+from ._server_config import load_server_config as load_server_config
+from ._server_payload import McpSession as McpSession
 from ._store import Put as Put
 from ._store import Store as Store
 from ._store import WriteBatch as WriteBatch
@@ -42,8 +47,11 @@ __all__ = [
     "EngineError",
     "InvalidSessionIdError",
     "LoadReport",
+    "McpApp",
+    "McpSession",
     "PayloadError",
     "Put",
+    "ServerConfig",
     "SessionInfo",
     "Statistics",
     "StorageError",
@@ -54,8 +62,10 @@ __all__ = [
     "TagFilterMode",
     "TagQuery",
     "WriteBatch",
+    "load_server_config",
     "new_session_id",
     "open_engine",
+    "serve",
     "validate_session_id",
 ]
 __version__ = "0.1.0"
