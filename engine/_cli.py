@@ -129,16 +129,26 @@ def _serve(args: argparse.Namespace) -> int:
     )
     try:
         trio.run(serve, config)
-    except StorageLockedError as exc:
-        print(f"engine serve: {exc}; stop it first", file=sys.stderr)
-        return EXIT_LOCKED
-    except StorageError as exc:
-        print(f"engine serve: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except OSError as exc:  # the port is taken, or the address is not ours
-        print(f"engine serve: cannot listen on {_address(config)}: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+    except Exception as exc:  # nurseries wrap errors in groups: look at the one inside
+        error = _single(exc)
+        if isinstance(error, StorageLockedError):
+            print(f"engine serve: {error}; stop it first", file=sys.stderr)
+            return EXIT_LOCKED
+        if isinstance(error, StorageError):
+            print(f"engine serve: {error}", file=sys.stderr)
+            return EXIT_ERROR
+        if isinstance(error, OSError):  # the port is taken, or the address is not ours
+            print(f"engine serve: cannot listen on {_address(config)}: {error}", file=sys.stderr)
+            return EXIT_ERROR
+        raise
     return EXIT_OK
+
+
+def _single(exc: BaseException) -> BaseException:
+    """The one exception inside nested single-member exception groups, else *exc*."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _address(config: ServerConfig) -> str:

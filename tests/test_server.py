@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -282,3 +283,15 @@ def test_config_file_and_environment_reach_the_server(tmp_path: Path) -> None:
         code, _, err = server.stop()
     assert code == 0, err
     assert json.loads(msgspec.json.encode(read_record(server.storage_dir, sid).payload))
+
+
+def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        server = ServerProcess(tmp_path / "sessions")
+        server.port = taken.getsockname()[1]
+        proc = subprocess.run(server.command(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "cannot listen on 127.0.0.1:" in proc.stderr
+    assert "Traceback" not in proc.stderr
