@@ -11,7 +11,8 @@ The client is one trio process with keep-alive connections sending pre-built ``t
 requests, each with one of the sessions' ids in turn, and timing every request; it stops after
 ``--duration`` seconds or ``--max-requests`` requests, whichever first. Rounds alternate
 between the variants (dict, engine, dict, engine, ...) so that drift on a shared machine hits
-both alike; the best round of each is reported, and the ratio engine / dict.
+both alike; the best round of each is reported, with the ratio engine / dict of the best rounds
+and the median ratio of the paired rounds (the figure the goal is judged on).
 
 Goal (issue 4): the engine costs at most 10% of throughput, i.e. a ratio of at least 0.90.
 """
@@ -280,6 +281,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
     best = {v: max(rs, key=lambda r: r["requests_per_s"]) for v, rs in results.items()}
     ratio = best["engine"]["requests_per_s"] / best["dict"]["requests_per_s"]
+    # Each round runs dict then engine back to back: the median of those paired ratios is the
+    # estimate least moved by load that other processes put on the machine meanwhile.
+    paired = sorted(
+        e["requests_per_s"] / d["requests_per_s"]
+        for d, e in zip(results["dict"], results["engine"], strict=True)
+    )
+    median_paired = (
+        paired[len(paired) // 2]
+        if len(paired) % 2
+        else sum(paired[len(paired) // 2 - 1 : len(paired) // 2 + 1]) / 2
+    )
     return {
         "connections": args.connections,
         "sessions": args.sessions,
@@ -288,8 +300,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "best": best,
         "rounds_detail": results,
         "engine_over_dict_throughput": ratio,
+        "engine_over_dict_paired_median": median_paired,
+        "paired_ratios": paired,
         "goal": ">= 0.90",
-        "met": ratio >= 0.90,
+        "met": median_paired >= 0.90,
     }
 
 
@@ -316,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     for variant, r in report["best"].items():
         print(f"{variant:<8}{r['requests_per_s']:>10.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}")
     print(
-        f"engine / dict throughput: {report['engine_over_dict_throughput']:.3f} "
+        f"engine / dict throughput: best rounds {report['engine_over_dict_throughput']:.3f}, "
+        f"median of paired rounds {report['engine_over_dict_paired_median']:.3f} "
         f"(goal >= 0.90: {'met' if report['met'] else 'NOT met'})"
     )
     return 0

@@ -179,6 +179,12 @@ class McpApp:
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
     ) -> None:
+        """Serve one ASGI connection scope (``http`` or ``lifespan``; websockets are refused).
+
+        Checkpoint. Cancel-safe in the engine's sense: a request cancelled (client gone, server
+        shutting down) before the engine applied it has no effect; once applied, its effect
+        stands even if the response is never sent. After the engine is closed, requests that
+        need it get 503 with JSON-RPC error -32002."""
         if scope["type"] == "lifespan":
             await self._lifespan(scope, receive, send)
             return
