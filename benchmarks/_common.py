@@ -74,7 +74,7 @@ class WorkloadResult:
     tables: list[Table] = attrs.Factory(list)
     goals: list[Goal] = attrs.Factory(list)
     notes: list[str] = attrs.Factory(list)
-    data: dict[str, object] = attrs.Factory(dict)
+    data: Mapping[str, object] = attrs.Factory(dict)
 
 
 def median(values: Iterable[float]) -> float:

@@ -290,14 +290,14 @@ async def open_redis(port: int, ids: Sequence[str], connections: int) -> AsyncIt
     codec = Codec(ConnectionConfig)
     now = time.time()
     ttl_ms = int(TTL * 1000)
-    async with coredis.Redis(
-        host="127.0.0.1", port=port, max_connections=connections
-    ) as client:
+    async with coredis.Redis(host="127.0.0.1", port=port, max_connections=connections) as client:
         await client.flushall()
         for start in range(0, len(ids), 1000):
             async with client.pipeline(transaction=False) as pipe:
                 for sid in ids[start : start + 1000]:
-                    pipe.set(sid, codec.encode(sid, DEFAULT_PAYLOAD, now, now, now + TTL), px=ttl_ms)
+                    pipe.set(
+                        sid, codec.encode(sid, DEFAULT_PAYLOAD, now, now, now + TTL), px=ttl_ms
+                    )
 
         async def op(session_id: str) -> object:
             data = await client.get(session_id)

@@ -79,9 +79,9 @@ async def _measure_memory(n: int, payload: ConnectionConfig, persistent: bool) -
 
 
 def run(quick: bool = False, work_dir: Path | None = None) -> WorkloadResult:
-    sizes = [1000, 10_000] if quick else [10_000, 100_000]
+    sizes = [1000, 3000] if quick else [10_000, 100_000]
     repeats = 1 if quick else 3
-    n_memory = 2000 if quick else 100_000
+    n_memory = 1000 if quick else 100_000
     recovery = _recovery(sizes, repeats, work_dir)
     id_bytes = sys.getsizeof(session_ids(1)[0])
     memory_rows: list[list[object]] = []
@@ -116,7 +116,10 @@ def run(quick: bool = False, work_dir: Path | None = None) -> WorkloadResult:
     )
     main = figures["tags=('web', 'api'), simple-or / with storage"]
     result.goals.append(
-        Goal("bytes per session, default payload, with storage, incl. id <= 600",
-             main + id_bytes, main + id_bytes <= 600)
+        Goal(
+            "bytes per session, default payload, with storage, incl. id <= 600",
+            main + id_bytes,
+            main + id_bytes <= 600,
+        )
     )
     return result

@@ -41,8 +41,10 @@ async def _throughput(ids: list[str], rounds: int, duration: float) -> float:
     async with open_engine(EngineConfig(), store=store) as engine:
         await _round(engine.get_and_touch, per_task, duration / 3)
         return median(
-            [(await _round(engine.get_and_touch, per_task, duration))["ops_per_s"]
-             for _ in range(rounds)]
+            [
+                (await _round(engine.get_and_touch, per_task, duration))["ops_per_s"]
+                for _ in range(rounds)
+            ]
         )
 
 
