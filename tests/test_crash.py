@@ -1,0 +1,312 @@
+"""Crash recovery: real SIGKILLs of a worker process, and a simulated crash after every single
+filesystem operation of a workload.
+
+Both hold the reopened folder to :func:`tests.crash_worker.check_recovered`: every session whose
+create returned is there unless deleted or expired, no deleted session comes back, ``expires`` is
+no older than the last value known durable, and opening never fails nor quarantines anything (a
+crash must never leave a torn record).
+
+Sizes: ``CRASH_RUNS`` (default 6, 100 under the ``long`` Hypothesis profile) SIGKILL runs; seeds
+are printed (``pytest -s``) and ``CRASH_SEED`` replays one.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+import engine._directory
+from engine import ConnectionConfig, DirectoryStore, EngineConfig, open_engine
+
+from .crash_worker import check_recovered
+from .strategies import LONG
+
+WORKER = Path(__file__).with_name("crash_worker.py")
+RUNS = int(os.environ.get("CRASH_RUNS", "100" if LONG else "6"))
+
+
+def reopen(folder: Path, ids: set[str]) -> dict[str, tuple[tuple[str, ...] | None, float]]:
+    """Open the folder with a real engine (must not fail) and read every id."""
+
+    async def main() -> dict[str, tuple[tuple[str, ...] | None, float]]:
+        store = DirectoryStore(folder)
+        out = {}
+        async with open_engine(EngineConfig(ttl=3600), store=store) as e:
+            assert store.report.quarantined == [], store.report
+            assert store.report.unreadable == [], store.report
+            assert store.report.foreign == [], store.report
+            assert e.statistics().live_sessions == store.report.loaded
+            for sid in ids:
+                info = await e.info(sid)
+                if info is not None:
+                    out[sid] = (info.payload.tags, info.expires)
+            assert len(out) == store.report.loaded, "a loaded session has an id nobody created"
+        return out
+
+    return trio.run(main)
+
+
+def log_ids(lines: list[str]) -> set[str]:
+    import json
+
+    ids = set()
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry[0] in ("create", "delete"):
+            ids.add(entry[1])
+    return ids
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments(tmp_path: Path) -> None:
+    """One folder, many worker lives: each is killed with SIGKILL at a random moment, and every
+    life's log so far is checked against the reopened folder (earlier lives' sessions must
+    survive later crashes too)."""
+    folder = tmp_path / "store"
+    base = int(os.environ.get("CRASH_SEED", random.randrange(2**31)))
+    runs = 1 if "CRASH_SEED" in os.environ else RUNS
+    logs: list[Path] = []
+    for run in range(runs):
+        seed = base + run
+        print(f"crash run {run}: seed {seed} (CRASH_SEED={seed} replays it)")
+        rng = random.Random(seed)
+        log = tmp_path / f"log{run}.jsonl"
+        logs.append(log)
+        worker = subprocess.Popen(
+            [sys.executable, str(WORKER), str(folder), str(log), str(seed), f"r{run}-"],
+            stderr=subprocess.PIPE,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while not (log.exists() and log.read_bytes().startswith(b'["open"]')):
+                assert worker.poll() is None, worker.communicate()[1].decode()
+                assert time.monotonic() < deadline, "worker did not start"
+                time.sleep(0.005)
+            time.sleep(rng.uniform(0.0, 0.4))
+            assert worker.poll() is None, worker.communicate()[1].decode()
+        finally:
+            worker.send_signal(signal.SIGKILL)
+            worker.communicate()
+        lines = [line for p in logs for line in p.read_text().splitlines()]
+        recovered = reopen(folder, log_ids(lines))
+        check_recovered(lines, recovered, time.time())
+    print(f"{runs} SIGKILL runs")
+
+
+class SimOs:
+    """Stands in for ``os`` in ``engine._directory``: performs every call for real (except
+    ``fsync``, which only updates the model), and models what would survive a power cut: a file's
+    content survives only as of its last ``fsync``, a name in the folder only as of the folder's
+    last ``fsync``. Just before filesystem operation number *crash_at* it snapshots that durable
+    state, the state the folder really has (what a process kill leaves), and how many log lines
+    the workload had written."""
+
+    TRACKED = ("open", "write", "fsync", "rename", "unlink", "close")
+
+    def __init__(self, real: Any, folder: Path, crash_at: int | None, log: list[str]) -> None:
+        self._os = real
+        self.folder = folder
+        self.crash_at = crash_at
+        self.log = log
+        self.ops = 0
+        self.snapshot: tuple[dict[str, bytes], dict[str, bytes], int] | None = None
+        self.names: dict[str, int] = {}  # name in the folder -> inode (what the kernel has)
+        self.durable_names: dict[str, int] = {}
+        self.content: dict[int, bytearray] = {}
+        self.durable_content: dict[int, bytes] = {}
+        self.fd_inode: dict[int, int] = {}
+        self.dir_fds: set[int] = set()
+        self._next_inode = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._os, name)
+
+    def _tick(self) -> None:
+        self.ops += 1
+        if self.ops == self.crash_at:
+            durable = {n: self.durable_content.get(i, b"") for n, i in self.durable_names.items()}
+            volatile = {n: bytes(self.content[i]) for n, i in self.names.items()}
+            self.snapshot = (durable, volatile, len(self.log))
+
+    def _name(self, path: Any) -> str | None:
+        p = Path(os.fsdecode(path))
+        return p.name if p.parent == self.folder else None
+
+    def open(self, path: Any, flags: int, mode: int = 0o777) -> int:
+        self._tick()
+        fd: int = self._os.open(path, flags, mode)
+        name = self._name(path)
+        if flags & os.O_DIRECTORY:
+            self.dir_fds.add(fd)
+        elif name is not None:
+            if name not in self.names:
+                self._next_inode += 1
+                self.names[name] = self._next_inode
+                self.content[self._next_inode] = bytearray()
+            self.fd_inode[fd] = self.names[name]
+        return fd
+
+    def write(self, fd: int, data: Any) -> int:
+        self._tick()
+        n: int = self._os.write(fd, data)
+        if fd in self.fd_inode:
+            self.content[self.fd_inode[fd]] += bytes(data[:n])
+        return n
+
+    def fsync(self, fd: int) -> None:
+        self._tick()
+        if fd in self.dir_fds:
+            self.durable_names = dict(self.names)
+        elif fd in self.fd_inode:
+            inode = self.fd_inode[fd]
+            self.durable_content[inode] = bytes(self.content[inode])
+
+    def rename(self, src: Any, dst: Any) -> None:
+        self._tick()
+        self._os.rename(src, dst)
+        a, b = self._name(src), self._name(dst)
+        if a is not None and b is not None and a in self.names:
+            self.names[b] = self.names.pop(a)
+
+    def unlink(self, path: Any) -> None:
+        self._tick()
+        self._os.unlink(path)
+        name = self._name(path)
+        if name is not None:
+            self.names.pop(name, None)
+
+    def close(self, fd: int) -> None:
+        self._tick()
+        self._os.close(fd)
+        self.fd_inode.pop(fd, None)
+        self.dir_fds.discard(fd)
+
+
+async def scripted_workload(folder: Path, log: list[str], persist_requests: int) -> None:
+    """A fixed, sequential workload logging like tests/crash_worker.py."""
+    import json
+
+    def note(*parts: Any) -> None:
+        log.append(json.dumps(parts))
+
+    config = EngineConfig(
+        storage_dir=folder, ttl=3600, persist_requests=persist_requests, flush_interval=3600
+    )
+    async with open_engine(config) as e:
+
+        async def create(sid: str, tag: str) -> None:
+            note("create", sid, tag)
+            await e.create(sid, ConnectionConfig(tags=(tag,)))
+            info = await e.info(sid)
+            assert info is not None
+            note("created", sid, info.expires)
+
+        async def delete(sid: str) -> None:
+            note("delete", sid)
+            await e.delete(sid)
+            note("deleted", sid)
+
+        async def flush() -> None:
+            bounds = {}
+            for sid in ("a", "b", "c", "d"):
+                info = await e.info(sid)
+                if info is not None:
+                    bounds[sid] = info.expires
+            await e.flush()
+            note("flushed", bounds)
+
+        await create("a", "1")
+        await create("b", "1")
+        for _ in range(5):
+            await e.touch("a")
+            await trio.sleep(0.001)
+        await create("c", "1")
+        await delete("b")
+        await flush()
+        await create("a", "2")  # replace
+        for _ in range(3):
+            await e.touch("c")
+            await e.touch("a")
+        await create("b", "2")  # re-create after delete
+        await delete("c")
+        await create("d", "1")
+        await flush()
+        await delete("a")
+        await e.touch("d")
+
+
+def run_simulated(tmp: Path, crash_at: int | None, persist_requests: int) -> SimOs:
+    folder = tmp / "live"
+    folder.mkdir(parents=True)
+    log: list[str] = []
+    sim = SimOs(os, folder, crash_at, log)
+    saved = engine._directory.__dict__["os"]
+    setattr(engine._directory, "os", sim)  # noqa: B010
+    try:
+        trio.run(scripted_workload, folder, log, persist_requests)
+    finally:
+        setattr(engine._directory, "os", saved)  # noqa: B010
+    return sim
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("persist_requests", [1, 3])
+def test_crash_after_every_filesystem_operation(tmp_path: Path, persist_requests: int) -> None:
+    """For every k, stop after the k-th filesystem operation of the workload; rebuild the folder
+    twice, as a power cut leaves it (only what was fsynced) and as a process kill leaves it
+    (everything the kernel has), and reopen both."""
+    total = run_simulated(tmp_path / "count", None, persist_requests).ops
+    assert total > 50, total
+    checked = 0
+    for k in range(1, total + 1):
+        sim = run_simulated(tmp_path / f"k{k}", k, persist_requests)
+        if sim.snapshot is None:  # this run did fewer operations (timing of coalescing)
+            continue
+        durable, volatile, n_lines = sim.snapshot
+        lines = sim.log[:n_lines]
+        for kind, files in (("power-cut", durable), ("kill", volatile)):
+            rebuilt = tmp_path / f"k{k}-{kind}"
+            rebuilt.mkdir()
+            for name, data in files.items():
+                (rebuilt / name).write_bytes(data)
+            recovered = reopen_quietly(rebuilt)
+            try:
+                check_recovered(lines, recovered, time.time())
+            except AssertionError as exc:
+                raise AssertionError(f"crash before operation {k} ({kind}): {exc}") from None
+        checked += 1
+    assert checked >= 0.9 * total, (checked, total)
+
+
+def reopen_quietly(folder: Path) -> dict[str, tuple[tuple[str, ...] | None, float]]:
+    return reopen(folder, {"a", "b", "c", "d"})
+
+
+def test_checker_rejects_a_lost_and_a_resurrected_session() -> None:
+    """check_recovered is not a tautology."""
+    lines = ['["create", "a", "1"]', '["created", "a", 100.0]']
+    check_recovered(lines, {"a": (("1",), 100.0)}, 0.0)
+    with pytest.raises(AssertionError, match="lost"):
+        check_recovered(lines, {}, 0.0)
+    with pytest.raises(AssertionError, match="older"):
+        check_recovered(lines, {"a": (("1",), 99.0)}, 0.0)
+    deleted = [*lines, '["delete", "a"]', '["deleted", "a"]']
+    with pytest.raises(AssertionError, match="came back"):
+        check_recovered(deleted, {"a": (("1",), 100.0)}, 0.0)
+    with pytest.raises(AssertionError, match="never created"):
+        check_recovered(lines, {"a": (("1",), 100.0), "z": (("1",), 1.0)}, 0.0)
+    in_flight = [*lines, '["delete", "a"]']
+    check_recovered(in_flight, {}, 0.0)
+    check_recovered(in_flight, {"a": (("1",), 100.0)}, 0.0)
