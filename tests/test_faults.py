@@ -1,0 +1,256 @@
+"""Storage faults under a running engine: it keeps serving from memory, counts and logs the
+failure, retries, and loses nothing that was already persisted.
+
+Faults are injected by replacing ``os`` in ``engine._directory`` with :class:`FaultyOs`, which
+performs the real call unless a fault is armed for it (real files, real folder; no mocks of the
+engine). The folder-removed case removes the real folder.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+import trio
+
+import engine._directory
+from engine import ConnectionConfig, EngineConfig, StorageError, open_engine
+
+P1 = ConnectionConfig(tags=("one",))
+P2 = ConnectionConfig(tags=("two",))
+
+
+class FaultyOs:
+    """``os`` for the directory store, with one armable fault: *func* raises ``OSError(err)``.
+    ``fsync-dir`` / ``fsync-file`` target only folder / only file fsyncs."""
+
+    def __init__(self, real: Any) -> None:
+        self._os = real
+        self.fault: tuple[str, int] | None = None
+        self.hits = 0
+        self.dir_fds: set[int] = set()
+        self.opened: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._os, name)
+
+    def _maybe_fail(self, func: str) -> None:
+        if self.fault is not None and self.fault[0] == func:
+            self.hits += 1
+            raise OSError(self.fault[1], f"injected {os.strerror(self.fault[1])}")
+
+    def open(self, path: Any, flags: int, mode: int = 0o777) -> int:
+        if not flags & os.O_DIRECTORY and flags & os.O_CREAT:
+            self._maybe_fail("open")
+        fd: int = self._os.open(path, flags, mode)
+        if flags & os.O_DIRECTORY:
+            self.dir_fds.add(fd)
+        else:
+            self.opened.append(os.fsdecode(path))
+        return fd
+
+    def close(self, fd: int) -> None:
+        self.dir_fds.discard(fd)
+        self._os.close(fd)
+
+    def write(self, fd: int, data: Any) -> int:
+        self._maybe_fail("write")
+        n: int = self._os.write(fd, data)
+        return n
+
+    def fsync(self, fd: int) -> None:
+        self._maybe_fail("fsync-dir" if fd in self.dir_fds else "fsync-file")
+        self._os.fsync(fd)
+
+    def rename(self, src: Any, dst: Any) -> None:
+        self._maybe_fail("rename")
+        self._os.rename(src, dst)
+
+    def unlink(self, path: Any) -> None:
+        self._maybe_fail("unlink")
+        self._os.unlink(path)
+
+
+@pytest.fixture
+def faulty(monkeypatch: pytest.MonkeyPatch) -> FaultyOs:
+    fake = FaultyOs(os)
+    monkeypatch.setattr(engine._directory, "os", fake)
+    return fake
+
+
+def config(folder: Path, **kw: Any) -> EngineConfig:
+    values: dict[str, Any] = {
+        "storage_dir": folder,
+        "ttl": 3600,
+        "persist_requests": 1,
+        "retry_interval": 0.01,
+        "close_timeout": 5,
+    }
+    return EngineConfig(**(values | kw))
+
+
+def record(folder: Path, sid: str) -> dict[str, Any]:
+    data: dict[str, Any] = msgspec.json.decode((folder / f"{sid}.session").read_bytes())
+    return data
+
+
+def exists(path: str) -> bool:
+    return Path(path).exists()
+
+
+def chmod(path: Path, mode: int) -> None:
+    path.chmod(mode)
+
+
+def session_files(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir() if p.name != ".lock"}
+
+
+async def flush_until_ok(e: Any) -> None:
+    for _ in range(200):
+        try:
+            await e.flush()
+        except StorageError:
+            await trio.sleep(0.01)
+        else:
+            return
+    raise AssertionError("flush never succeeded after the fault was cleared")
+
+
+WRITE_FAULTS = [
+    ("write", errno.ENOSPC),
+    ("write", errno.EIO),
+    ("fsync-file", errno.EIO),
+    ("fsync-file", errno.ENOSPC),
+    ("fsync-dir", errno.EIO),
+    ("rename", errno.EIO),
+    ("open", errno.EACCES),
+    ("open", errno.EROFS),  # a read-only folder, as root sees it (chmod does not stop root)
+]
+
+
+@pytest.mark.parametrize(("func", "err"), WRITE_FAULTS)
+async def test_write_fault_keeps_serving_and_retries(
+    tmp_path: Path, faulty: FaultyOs, caplog: pytest.LogCaptureFixture, func: str, err: int
+) -> None:
+    async with open_engine(config(tmp_path)) as e:
+        await e.create("a", P1)
+        before = (tmp_path / "a.session").read_bytes()
+        faulty.fault = (func, err)
+        with pytest.raises(StorageError):
+            await e.create("b", P2)
+        # Serving from memory: both sessions, reads and touches.
+        assert await e.get("b") == P2
+        assert await e.get_and_touch("a") == P1  # persist_requests=1: a write, which fails
+        assert await e.touch("b")
+        with pytest.raises(StorageError):
+            await e.flush()
+        stats = e.statistics()
+        assert stats.storage_errors >= 2
+        assert stats.pending_writes >= 2
+        assert faulty.hits >= 2
+        # Nothing already persisted is lost, and no temp file is left behind.
+        if func != "fsync-dir":
+            assert (tmp_path / "a.session").read_bytes() == before
+        assert session_files(tmp_path) <= {"a.session", "b.session"}
+        assert any(r.levelname == "ERROR" and "failed" in r.getMessage() for r in caplog.records)
+        # Clear the fault: the retries land.
+        faulty.fault = None
+        await flush_until_ok(e)
+        assert e.statistics().pending_writes == 0
+        assert record(tmp_path, "b")["payload"]["tags"] == ["two"]
+        a_info, b_info = await e.info("a"), await e.info("b")
+        assert a_info is not None and b_info is not None
+        assert record(tmp_path, "a")["expires"] == a_info.expires
+    async with open_engine(config(tmp_path)) as e:
+        assert await e.info("a") == a_info
+        assert await e.info("b") == b_info
+
+
+async def test_delete_fault_is_retried_and_never_undone(tmp_path: Path, faulty: FaultyOs) -> None:
+    async with open_engine(config(tmp_path)) as e:
+        await e.create("a", P1)
+        faulty.fault = ("unlink", errno.EIO)
+        with pytest.raises(StorageError):
+            await e.delete("a")
+        assert await e.get("a") is None  # gone from memory at once
+        assert not await e.touch("a")
+        assert (tmp_path / "a.session").exists()  # the delete is pending
+        faulty.fault = None
+        await flush_until_ok(e)
+        assert not (tmp_path / "a.session").exists()
+    async with open_engine(config(tmp_path)) as e:
+        assert await e.get("a") is None
+
+
+async def test_after_an_fsync_failure_the_record_is_written_anew(
+    tmp_path: Path, faulty: FaultyOs
+) -> None:
+    """After a failed fsync the page cache may have dropped the dirty pages and cleared the
+    error, so fsyncing the same file again proves nothing: the store drops that temp file and the
+    retry writes the whole record to a new temp file, fsyncs it, then renames it."""
+    async with open_engine(config(tmp_path)) as e:
+        faulty.fault = ("fsync-file", errno.EIO)
+        with pytest.raises(StorageError):
+            await e.create("a", P1)
+        failed_temps = [p for p in faulty.opened if Path(p).name.startswith(".tmp.")]
+        assert failed_temps
+        assert not any(map(exists, failed_temps)), "a failed temp file was kept"
+        faulty.fault = None
+        await flush_until_ok(e)
+        temps = [p for p in faulty.opened if Path(p).name.startswith(".tmp.")]
+        assert len(temps) > len(failed_temps)
+        assert set(temps[len(failed_temps) :]).isdisjoint(failed_temps)
+        assert record(tmp_path, "a")["payload"]["tags"] == ["one"]
+
+
+async def test_fault_through_close_does_not_hang_or_lose_persisted_data(
+    tmp_path: Path, faulty: FaultyOs, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with open_engine(config(tmp_path, persist_requests=100)) as e:
+        await e.create("a", P1)
+        info = await e.info("a")
+        faulty.fault = ("write", errno.ENOSPC)
+        assert await e.touch("a")  # dirty; its write at close fails
+    assert any("not durable" in r.getMessage() for r in caplog.records)
+    faulty.fault = None
+    async with open_engine(config(tmp_path)) as e:
+        assert await e.info("a") == info  # the persisted state, intact
+
+
+async def test_folder_removed_under_a_running_engine(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = tmp_path / "store"
+    async with open_engine(config(folder)) as e:
+        await e.create("a", P1)
+        shutil.rmtree(folder)
+        with pytest.raises(StorageError):
+            await e.create("b", P2)
+        assert await e.get_and_touch("a") == P1
+        assert await e.get("b") == P2
+        assert e.statistics().storage_errors >= 1
+        folder.mkdir()  # an operator restores the folder: pending writes land
+        await flush_until_ok(e)
+        assert record(folder, "b")["payload"]["tags"] == ["two"]
+        assert record(folder, "a")["payload"]["tags"] == ["one"]  # touched after removal
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores folder permissions")
+async def test_read_only_folder(tmp_path: Path) -> None:
+    async with open_engine(config(tmp_path)) as e:
+        await e.create("a", P1)
+        chmod(tmp_path, 0o500)
+        try:
+            with pytest.raises(StorageError):
+                await e.create("b", P2)
+            assert await e.get("b") == P2
+        finally:
+            chmod(tmp_path, 0o700)
+        await flush_until_ok(e)
+        assert record(tmp_path, "b")["payload"]["tags"] == ["two"]
