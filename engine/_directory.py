@@ -38,6 +38,9 @@ LOCK_NAME: Final = ".lock"
 TEMP_PREFIX: Final = ".tmp."
 QUARANTINE: Final = "quarantine"
 
+_TEMP_NAME = re.compile(r"\.tmp\.[0-9a-f]{12}\..+\.session\Z")
+"""Our temp files exactly (see :func:`_write_atomic`): any other ``.tmp.*`` is not ours and
+is left alone."""
 _PLAIN_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}\Z")
 
 
@@ -152,7 +155,7 @@ class DirectoryStore:
         for name, entry in names:
             if name in (LOCK_NAME, QUARANTINE):
                 continue
-            if name.startswith(TEMP_PREFIX) and entry.is_file(follow_symlinks=False):
+            if _TEMP_NAME.match(name) and entry.is_file(follow_symlinks=False):
                 try:
                     os.unlink(entry.path)
                     report.temp_removed += 1
