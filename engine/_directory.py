@@ -38,9 +38,9 @@ LOCK_NAME: Final = ".lock"
 TEMP_PREFIX: Final = ".tmp."
 QUARANTINE: Final = "quarantine"
 
-_TEMP_NAME = re.compile(r"\.tmp\.[0-9a-f]{12}\..+\.session\Z")
-"""Our temp files exactly (see :func:`_write_atomic`): any other ``.tmp.*`` is not ours and
-is left alone."""
+_TEMP_NAME = re.compile(r"\.tmp\.[0-9A-Za-z]+\..+\.session\Z")
+"""The shape of our temp files, ``.tmp.<token>.<file name>.session`` (see :func:`_write_atomic`):
+any other ``.tmp.*`` entry is not ours and is left alone."""
 _PLAIN_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}\Z")
 
 
