@@ -16,6 +16,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
@@ -128,7 +129,7 @@ def _serve(args: argparse.Namespace) -> int:
         stream=sys.stderr,
     )
     try:
-        trio.run(serve, config)
+        trio.run(partial(serve, config, announce=sys.stdout))
     except Exception as exc:  # nurseries wrap errors in groups: look at the one inside
         error = _single(exc)
         if isinstance(error, StorageLockedError):

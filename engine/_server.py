@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, TextIO, final
 from urllib.parse import parse_qs
@@ -70,6 +69,9 @@ INVALID_PARAMS: Final = -32602
 SESSION_ERROR: Final = -32001
 """Used for session failures (missing, unknown, invalid), as the reference SDKs do."""
 SERVER_BUSY: Final = -32002
+
+DRAIN_FACTOR: Final = 4
+"""Bodies up to this many times ``max_body_bytes`` are read and dropped before a 413."""
 
 _JSON_TYPE: Final = (b"content-type", b"application/json")
 _NO_ID: Final = msgspec.UNSET
@@ -140,7 +142,9 @@ def _json_error(status: int, code: int, message: str, request_id: object = None)
 
 
 class _TooLargeError(Exception):
-    pass
+    def __init__(self, *, drained: bool) -> None:
+        super().__init__()
+        self.drained = drained
 
 
 class _DisconnectError(Exception):
@@ -259,11 +263,18 @@ class McpApp:
         return host in _LOCAL_HOSTS
 
     async def _read_body(self, headers: dict[bytes, bytes], receive: ASGIReceiveCallable) -> bytes:
+        """The request body; :class:`_TooLargeError` past ``max_body``. A body of up to
+        ``DRAIN_FACTOR`` times the limit is read to its end and dropped, so the connection
+        stays usable and the client reads the 413 (closing with unread data would reset it);
+        a larger one is abandoned and the connection closed."""
         length = headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_body:
-            raise _TooLargeError
+        declared = int(length) if length is not None and length.isdigit() else None
+        drain_limit = self.max_body * DRAIN_FACTOR
+        if declared is not None and declared > drain_limit:
+            raise _TooLargeError(drained=False)
         chunks: list[bytes] = []
         size = 0
+        too_large = declared is not None and declared > self.max_body
         while True:
             event = await receive()
             if event["type"] == "http.disconnect":
@@ -273,9 +284,14 @@ class McpApp:
             chunk = event["body"]
             size += len(chunk)
             if size > self.max_body:
-                raise _TooLargeError
-            chunks.append(chunk)
+                if size > drain_limit:
+                    raise _TooLargeError(drained=False)
+                too_large = True
+            if not too_large:
+                chunks.append(chunk)
             if not event["more_body"]:
+                if too_large:
+                    raise _TooLargeError(drained=True)
                 return b"".join(chunks)
 
     async def _post(
@@ -288,12 +304,12 @@ class McpApp:
             )
         try:
             body = await self._read_body(headers, receive)
-        except _TooLargeError:
-            # The rest of the body is not read, so this connection cannot carry another request.
+        except _TooLargeError as exc:
             response = _json_error(
                 413, INVALID_REQUEST, f"Request body larger than {self.max_body} bytes"
             )
-            response.headers.append((b"connection", b"close"))
+            if not exc.drained:  # the rest of the body is unread: the connection is done
+                response.headers.append((b"connection", b"close"))
             return response
         try:
             message = _decoder.decode(body)
@@ -415,6 +431,10 @@ class McpApp:
         return _Response(204)
 
 
+def _sessions(n: int) -> str:
+    return f"{n} session" if n == 1 else f"{n} sessions"
+
+
 def _version() -> str:
     from . import __version__
 
@@ -440,7 +460,7 @@ def hypercorn_config(config: ServerConfig) -> HypercornConfig:
 async def serve(
     config: ServerConfig,
     *,
-    announce: TextIO | None = sys.stdout,
+    announce: TextIO | None = None,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -448,8 +468,9 @@ async def serve(
     down gracefully: stop accepting, let in-flight requests finish (at most
     ``config.graceful_timeout`` seconds), close the engine (final flush) and return.
 
-    Prints ``engine: serving on <url>`` to *announce* once listening, and reports the bound
-    addresses through *task_status*. Raises :class:`~engine.StorageLockedError` if another
+    Prints ``engine: serving on <url>`` to *announce* (if given) once listening, and reports
+    the bound addresses through *task_status*. Must run in the main thread (it installs
+    signal handlers). Raises :class:`~engine.StorageLockedError` if another
     engine holds the storage folder. Checkpoint; cancelling it stops the server at once, but the
     engine's final flush still runs (shielded).
     """
@@ -487,7 +508,7 @@ async def serve(
                     print(
                         f"engine: serving on {binds[0]}/mcp "
                         f"(storage: {storage.resolve() if storage else 'memory only'}, "
-                        f"{engine.statistics().live_sessions} sessions loaded)",
+                        f"{_sessions(engine.statistics().live_sessions)} loaded)",
                         file=announce,
                         flush=True,
                     )
@@ -496,7 +517,7 @@ async def serve(
     if announce is not None:
         stats = engine.statistics()
         print(
-            f"engine: stopped; {stats.live_sessions} sessions saved "
+            f"engine: stopped; {_sessions(stats.live_sessions)} saved "
             f"({stats.storage_errors} storage errors)",
             file=announce,
             flush=True,

@@ -58,7 +58,7 @@ def test_session_lives_across_sigterm_restart(server: ServerProcess, client: htt
     created = read_record(server.storage_dir, sid)
 
     server.restart(signal.SIGTERM)  # asserts exit code 0
-    assert "sessions saved" in server.output[-2]
+    assert "engine: stopped; 1 session saved" in server.output[-2]
 
     # The final flush wrote the touches: last access moved past create.
     flushed = read_record(server.storage_dir, sid)
@@ -144,6 +144,16 @@ def test_bad_input_gets_4xx_and_the_server_stays_up(
     assert r.status_code == 413
     r = client.post(url, content=iter([huge[:1000], huge[1000:]]), headers=json_headers)
     assert r.status_code == 413  # chunked, no Content-Length: counted while reading
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as raw:
+        raw.sendall(
+            b"POST /mcp HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b"content-length: 1000000000000\r\n\r\n"
+        )
+        answer = b""
+        while chunk := raw.recv(65536):  # the server answers, then closes
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 413")
+    assert b"connection: close" in answer.lower()
 
     for bad_id in ("../../etc/passwd", "a/b", "..", "x" * 300, "with space"):
         r = call(client, url, bad_id, "ping")
