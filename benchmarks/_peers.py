@@ -219,12 +219,15 @@ class LockedDict:
 
 @contextlib.asynccontextmanager
 async def open_locked_dict(
-    folder: Path, ids: Sequence[str], flush_interval: float = 60.0
+    folder: Path,
+    ids: Sequence[str],
+    flush_interval: float = 60.0,
+    persist_interval: float = 300.0,
 ) -> AsyncIterator[Op]:
     store = DirectoryStore(folder)
     await store.open()
     try:
-        table = LockedDict(store, flush_interval=flush_interval)
+        table = LockedDict(store, persist_interval=persist_interval, flush_interval=flush_interval)
         table.load(ids, time.time())
         async with trio.open_nursery() as nursery:
             nursery.start_soon(table.run_writer)

@@ -28,27 +28,36 @@ from ._common import (
     session_ids,
     stored_records,
 )
+from ._peers import bound_op, open_nop_actor
 from .request_path import _round
 
 NAME = "scale"
 TASKS = 100
 
 
-async def _throughput(ids: list[str], rounds: int, duration: float) -> float:
+async def _throughput(ids: list[str], rounds: int, duration: float) -> dict[str, float]:
+    """Median get-and-touch/s of the engine, with the bound and the do-nothing actor measured in
+    the same rounds (interleaved) for reference."""
     store = MemoryStore(records=stored_records(ids, time.time()))
     rng = random.Random(5)
     per_task = [[ids[rng.randrange(len(ids))] for _ in range(2048)] for _ in range(TASKS)]
-    async with open_engine(EngineConfig(), store=store) as engine:
-        await _round(engine.get_and_touch, per_task, duration / 3)
-        return median(
-            [
-                (await _round(engine.get_and_touch, per_task, duration))["ops_per_s"]
-                for _ in range(rounds)
-            ]
-        )
+    async with (
+        open_engine(EngineConfig(), store=store) as engine,
+        open_nop_actor("reschedule") as nop,
+    ):
+        ops = {"engine": engine.get_and_touch, "bound": bound_op, "nop": nop}
+        for op in ops.values():
+            await _round(op, per_task, duration / 3)
+        runs: dict[str, list[float]] = {name: [] for name in ops}
+        for _ in range(rounds):
+            for name, op in ops.items():
+                runs[name].append((await _round(op, per_task, duration))["ops_per_s"])
+    return {name: median(values) for name, values in runs.items()}
 
 
-def _sweep(ids: list[str]) -> tuple[float, int]:
+def _sweep(ids: list[str]) -> tuple[float, int, float]:
+    """Seconds per removed session, sessions removed, and seconds for a sweep step that finds
+    nothing due."""
     table: SessionTable[object] = SessionTable(
         ttl=TTL,
         persist_requests=100,
@@ -74,7 +83,7 @@ def _sweep(ids: list[str]) -> tuple[float, int]:
     for _ in range(1000):
         table.expire(at, 512)  # nothing due: the cost of a sweep that finds nothing
     idle = (time.perf_counter() - t1) / 1000
-    return took / max(removed, 1), removed if idle >= 0 else 0
+    return took / max(removed, 1), removed, idle
 
 
 def run(quick: bool = False) -> WorkloadResult:
@@ -86,13 +95,29 @@ def run(quick: bool = False) -> WorkloadResult:
     for n in sizes:
         ids = session_ids(n)
         ops = trio.run(_throughput, ids, rounds, duration)
-        per_removed, removed = _sweep(ids)
-        data[str(n)] = {"ops_per_s": ops, "sweep_us_per_session": per_removed * 1e6}
-        rows.append([n, ops, per_removed * 1e6, removed])
+        per_removed, removed, idle = _sweep(ids)
+        data[str(n)] = {
+            "ops_per_s": ops["engine"],
+            "bound_ops_per_s": ops["bound"],
+            "nop_ops_per_s": ops["nop"],
+            "sweep_us_per_session": per_removed * 1e6,
+            "idle_sweep_us": idle * 1e6,
+        }
+        rows.append(
+            [
+                n,
+                ops["engine"],
+                ops["engine"] / ops["bound"],
+                ops["engine"] / ops["nop"],
+                per_removed * 1e6,
+                removed,
+                idle * 1e6,
+            ]
+        )
     base = data[str(sizes[0])]
     for row, n in zip(rows, sizes, strict=True):
         row.insert(2, data[str(n)]["ops_per_s"] / base["ops_per_s"])
-        row.insert(4, data[str(n)]["sweep_us_per_session"] / base["sweep_us_per_session"])
+        row.insert(6, data[str(n)]["sweep_us_per_session"] / base["sweep_us_per_session"])
     return WorkloadResult(
         name=NAME,
         title="Workload 5: scale",
@@ -104,9 +129,12 @@ def run(quick: bool = False) -> WorkloadResult:
                     "sessions",
                     "ops/s",
                     "x 1k",
+                    "x bound",
+                    "x nop actor",
                     "sweep us/expired",
                     "x 1k",
                     "expired in sweep",
+                    "idle sweep us",
                 ],
                 rows=rows,
             )
