@@ -21,6 +21,7 @@ from ._errors import InvalidSessionIdError as InvalidSessionIdError
 from ._errors import PayloadError as PayloadError
 from ._errors import StorageError as StorageError
 from ._errors import StorageLockedError as StorageLockedError
+from ._errors import StorageResetError as StorageResetError
 from ._ids import new_session_id as new_session_id
 from ._ids import validate_session_id as validate_session_id
 from ._payload import ConnectionConfig as ConnectionConfig
@@ -56,6 +57,7 @@ __all__ = [
     "Statistics",
     "StorageError",
     "StorageLockedError",
+    "StorageResetError",
     "Store",
     "StoredSession",
     "TagExpression",

@@ -227,6 +227,11 @@ class SessionTable(Generic[P]):
         """A time at or before the earliest expiry, or ``None`` when there are no sessions."""
         return self._heap[0][0] if self._heap else None
 
+    def mark_all_dirty(self) -> None:
+        """Mark every live session dirty, so the next flush rewrites it (storage lost it)."""
+        if self._encode is not None:
+            self.dirty.update(dict.fromkeys(self.sessions))
+
     def take_outbox(self) -> dict[str, Put | None]:
         """Hand over (and clear) the storage operations produced so far."""
         out, self.outbox = self.outbox, {}

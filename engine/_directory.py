@@ -24,7 +24,7 @@ import attrs
 import trio
 
 from ._codec import MAX_RECORD_BYTES
-from ._errors import StorageError, StorageLockedError
+from ._errors import StorageError, StorageLockedError, StorageResetError
 from ._store import LoadedRecord, WriteBatch
 
 __all__ = ["DirectoryStore", "LoadReport", "file_name_for"]
@@ -88,6 +88,7 @@ class DirectoryStore:
         self.report = LoadReport()
         """What the last :meth:`load_all` found."""
         self._lock_fd: int | None = None
+        self._lock_id: tuple[int, int] | None = None
 
     # -- open / close -------------------------------------------------------------------------
 
@@ -126,7 +127,29 @@ class DirectoryStore:
             raise StorageError(f"cannot lock {lock_path}: {exc}") from exc
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
+        st = os.fstat(fd)
         self._lock_fd = fd
+        self._lock_id = (st.st_dev, st.st_ino)
+
+    def _check_folder(self) -> None:
+        """If the folder (seen through its lock file) was removed or replaced since open, set it
+        up anew (folder, lock) and raise :class:`~engine.StorageResetError`, so the engine
+        rewrites every live session. Raises :class:`~engine.StorageLockedError` if another
+        engine took the new folder meanwhile."""
+        try:
+            st = os.stat(self.path / LOCK_NAME, follow_symlinks=False)
+            if (st.st_dev, st.st_ino) == self._lock_id:
+                return
+        except FileNotFoundError:
+            pass
+        old, self._lock_fd = self._lock_fd, None
+        if old is not None:
+            os.close(old)
+        self._open_sync()
+        raise StorageResetError(
+            f"storage_dir {self.path} was removed or replaced under the running engine; "
+            "it was set up anew and every live session will be written again"
+        )
 
     async def aclose(self) -> None:
         """Release the lock. The lock file stays (removing it would race with a new opener)."""
@@ -243,6 +266,8 @@ class DirectoryStore:
     async def write(self, batch: WriteBatch) -> Mapping[str, Exception]:
         """Apply *batch* in a worker thread: each put as temp file + fsync + rename, each delete
         as unlink, then one folder fsync. Returns the failed ids; see :class:`~engine.Store`.
+        Raises :class:`~engine.StorageResetError` (after setting the folder up again) if the
+        folder was removed or replaced since open.
 
         After a failed ``fsync`` the file's state in the page cache is unknown (Linux may have
         dropped the dirty pages and cleared the error), so a retry never fsyncs again: the engine
@@ -251,6 +276,7 @@ class DirectoryStore:
         return await trio.to_thread.run_sync(self._write_sync, batch)
 
     def _write_sync(self, batch: WriteBatch) -> dict[str, Exception]:
+        self._check_folder()
         failed: dict[str, Exception] = {}
         done: list[str] = []
         folder = self.path

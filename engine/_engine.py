@@ -24,7 +24,7 @@ from ._codec import Codec, StoredSession
 from ._config import EngineConfig
 from ._core import Cause, Entry, SessionTable
 from ._directory import DirectoryStore
-from ._errors import EngineClosedError, StorageError
+from ._errors import EngineClosedError, StorageError, StorageResetError
 from ._ids import validate_session_id
 from ._payload import ConnectionConfig
 from ._store import Put, Store
@@ -157,9 +157,10 @@ class _Writer:
     latest), so storage never sees an older operation for an id after a newer one.
     """
 
-    def __init__(self, store: Store, retry_interval: float) -> None:
+    def __init__(self, store: Store, retry_interval: float, on_reset: Callable[[], None]) -> None:
         self.store = store
         self.retry_interval = retry_interval
+        self.on_reset = on_reset
         self.pending: dict[str, Put | None] = {}
         self.waiters: list[tuple[str | None, _Waiter]] = []
         self.in_flight = 0
@@ -198,6 +199,10 @@ class _Writer:
                 self.in_flight = len(batch)
                 try:
                     failed = dict(await self.store.write(batch))
+                except StorageResetError as reset:  # storage lost everything: rewrite it all
+                    log.error("%s", reset)
+                    failed = dict.fromkeys(batch, reset)
+                    self.on_reset()
                 except Exception as crash:  # a backend bug or unexpected fault: fail the batch
                     log.exception("storage backend raised on a batch of %d", len(batch))
                     failed = dict.fromkeys(batch, crash)
@@ -251,7 +256,9 @@ class Engine(Generic[P]):
             evict_to_storage=store is not None and not store.preloads,
         )
         self._send, self._receive = trio.open_memory_channel[_Call](config.queue_size)
-        self._writer = _Writer(store, config.retry_interval) if store else None
+        self._writer = (
+            _Writer(store, config.retry_interval, self._core.mark_all_dirty) if store else None
+        )
         self._flush_budget = 0
         self._flush_cause = Cause.TICK
         self._flush_waiters: list[_Call] = []

@@ -19,6 +19,7 @@ __all__ = [
     "PayloadError",
     "StorageError",
     "StorageLockedError",
+    "StorageResetError",
 ]
 
 
@@ -60,3 +61,9 @@ class StorageError(EngineError, OSError):
 @final
 class StorageLockedError(StorageError):
     """Another engine (in this or another process) holds the storage folder's lock."""
+
+
+@final
+class StorageResetError(StorageError):
+    """The store lost what it held (its folder was removed or replaced under a running engine)
+    and has been set up anew. The engine answers by rewriting every live session."""

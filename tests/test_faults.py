@@ -229,16 +229,37 @@ async def test_folder_removed_under_a_running_engine(
     folder = tmp_path / "store"
     async with open_engine(config(folder)) as e:
         await e.create("a", P1)
+        await e.create("c", P1)
         shutil.rmtree(folder)
-        with pytest.raises(StorageError):
-            await e.create("b", P2)
-        assert await e.get_and_touch("a") == P1
+        with pytest.raises(StorageError, match="removed or replaced"):
+            await e.create("b", P2)  # the store notices, sets the folder up anew, retries
+        assert await e.get("a") == P1
         assert await e.get("b") == P2
         assert e.statistics().storage_errors >= 1
-        folder.mkdir()  # an operator restores the folder: pending writes land
         await flush_until_ok(e)
+        # every live session is written again, also the clean ones never touched since
+        assert record(folder, "a")["payload"]["tags"] == ["one"]
         assert record(folder, "b")["payload"]["tags"] == ["two"]
-        assert record(folder, "a")["payload"]["tags"] == ["one"]  # touched after removal
+        assert record(folder, "c")["payload"]["tags"] == ["one"]
+        assert "removed or replaced" in caplog.text
+    async with open_engine(config(folder)) as e:  # and the new folder holds them across restart
+        assert await e.get("a") == P1
+        assert await e.get("b") == P2
+        assert await e.get("c") == P1
+
+
+async def test_folder_replaced_under_a_running_engine(tmp_path: Path) -> None:
+    folder = tmp_path / "store"
+    async with open_engine(config(folder)) as e:
+        await e.create("a", P1)
+        await e.create("gone", P1)
+        shutil.rmtree(folder)
+        folder.mkdir()  # replaced by an empty folder: no lock, no sessions
+        with pytest.raises(StorageError, match="removed or replaced"):
+            await e.delete("gone")  # the first write after the swap notices it
+        await flush_until_ok(e)
+        await e.create("b", P2)  # writes go on normally afterwards
+        assert sorted(p.name for p in folder.iterdir()) == [".lock", "a.session", "b.session"]
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores folder permissions")
