@@ -1,9 +1,9 @@
 """The session table: the engine's pure, synchronous core.
 
 Rule of this module: every state transition of the engine happens here, in plain synchronous
-code. Nothing here awaits, does I/O or reads a clock; the caller passes ``now`` (wall-clock
-seconds) into every call. Because nothing awaits, no two transitions can interleave, so the
-table needs no locks: the trio actor in ``_engine.py`` is its only caller.
+code. Nothing here awaits, does I/O (beyond logging) or reads a clock; the caller passes ``now``
+(wall-clock seconds) into every call. Because nothing awaits, no two transitions can interleave,
+so the table needs no locks: the trio actor in ``_engine.py`` is its only caller.
 
 Storage effects are not performed here: each transition that must reach storage records the
 latest operation for that id in :attr:`SessionTable.outbox` (an encoded :class:`Put`, or ``None``
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import heapq
+import logging
 from collections.abc import Callable
 from itertools import count, islice
 from typing import Generic, TypeVar, final
@@ -22,6 +23,8 @@ from typing import Generic, TypeVar, final
 from ._store import Put
 
 __all__ = ["Cause", "Entry", "SessionTable"]
+
+log = logging.getLogger("engine")
 
 P = TypeVar("P")
 
@@ -118,24 +121,18 @@ class SessionTable(Generic[P]):
         self.persists: dict[Cause, int] = dict.fromkeys(Cause, 0)
         self.expired = 0
         self.evicted = 0
+        self.encode_errors = 0
         self.applied = 0
         """Requests applied so far; the sequence number of the last one."""
-
-    @property
-    def persistent(self) -> bool:
-        """True when sessions are written to storage."""
-        return self._encode is not None
 
     # -- requests -----------------------------------------------------------------------------
 
     def create(self, session_id: str, payload: P, now: float) -> None:
         """Create *session_id*, replacing a live session of that id. Writes it at once."""
         self.applied += 1
-        self._drop_if_expired(session_id, now)
-        if session_id not in self.sessions:
+        if self._live(session_id, now) is None:
             self._make_room(now)
         self._insert(session_id, payload, now, now, now + self.ttl, now)
-        self.dirty.pop(session_id, None)
         self._persist(session_id, Cause.CREATE, now)
 
     def get(self, session_id: str, now: float) -> P | None:
@@ -272,9 +269,6 @@ class SessionTable(Generic[P]):
             return None
         return entry
 
-    def _drop_if_expired(self, session_id: str, now: float) -> None:
-        self._live(session_id, now)
-
     def _touch(self, session_id: str, now: float) -> Entry[P] | None:
         entry = self._live(session_id, now)
         if entry is None:
@@ -287,7 +281,7 @@ class SessionTable(Generic[P]):
                 self._persist(session_id, Cause.REQUESTS, now)
             elif now - entry.last_persist >= self.persist_interval:
                 self._persist(session_id, Cause.INTERVAL, now)
-            else:
+            elif entry.touches == 1:  # dirty already holds every id touched since its persist
                 self.dirty[session_id] = None
         return entry
 
@@ -296,7 +290,14 @@ class SessionTable(Generic[P]):
         if encode is None:
             return
         entry = self.sessions[session_id]
-        self.outbox[session_id] = Put(encode(session_id, entry), entry.expires)
+        try:
+            data = encode(session_id, entry)
+        except Exception:  # a payload mutated after create into something unencodable
+            log.exception("cannot encode session %s; it stays dirty", session_id)
+            self.encode_errors += 1
+            self.dirty[session_id] = None
+            return
+        self.outbox[session_id] = Put(data, entry.expires)
         entry.touches = 0
         entry.last_persist = now
         self.dirty.pop(session_id, None)

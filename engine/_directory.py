@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import secrets
+import stat
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Final, TypeVar, final
@@ -101,7 +102,10 @@ class DirectoryStore:
 
     def _open_sync(self) -> None:
         try:
+            created = not os.path.lexists(self.path)
             self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if created:  # make the new folder's own entry durable
+                _fsync_dir(self.path.parent)
         except FileExistsError:
             raise StorageError(f"storage_dir {self.path} exists and is not a folder") from None
         except OSError as exc:
@@ -234,7 +238,10 @@ class DirectoryStore:
     def _quarantine(self, name: str, reason: str) -> None:
         folder = self.path / QUARANTINE
         try:
-            folder.mkdir(mode=0o700, exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(folder, 0o700)
+            if not stat.S_ISDIR(os.lstat(folder).st_mode):  # a symlink could lead outside
+                raise NotADirectoryError(errno.ENOTDIR, "not a real folder", str(folder))
             target = folder / name
             n = 0
             while os.path.lexists(target):

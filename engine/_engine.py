@@ -11,6 +11,7 @@ writer, which coalesces them per id and runs one batch at a time in a worker thr
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -24,7 +25,13 @@ from ._codec import Codec, StoredSession
 from ._config import EngineConfig
 from ._core import Cause, Entry, SessionTable
 from ._directory import DirectoryStore
-from ._errors import EngineClosedError, StorageError, StorageResetError
+from ._errors import (
+    EngineClosedError,
+    InvalidSessionIdError,
+    PayloadError,
+    StorageError,
+    StorageResetError,
+)
 from ._ids import validate_session_id
 from ._payload import ConnectionConfig
 from ._store import Put, Store
@@ -141,7 +148,8 @@ class Statistics:
     storage_writes: int
     """Storage operations (puts and deletes) that completed."""
     storage_errors: int
-    """Storage operations that failed (each is retried)."""
+    """Storage operations that failed, plus records that could not be encoded (each is
+    retried)."""
     pending_writes: int
     """Storage operations queued or in flight."""
     queue_high_water: int
@@ -163,7 +171,10 @@ class _Writer:
         self.on_reset = on_reset
         self.pending: dict[str, Put | None] = {}
         self.waiters: list[tuple[str | None, _Waiter]] = []
-        self.in_flight = 0
+        self.in_flight: dict[str, Put | None] = {}
+        """The batch being written."""
+        self.in_flight_waiters: list[tuple[str | None, _Waiter]] = []
+        self.probe = False
         self.closing = False
         self.writes = 0
         self.errors = 0
@@ -176,12 +187,27 @@ class _Writer:
             self.pending = ops
         self._lot.unpark_all()
 
-    def wait(self, session_id: str | None, waiter: _Waiter) -> None:
-        """Wake *call* once the next batch (which holds every operation submitted so far) is
-        done: with ``None``, or with :class:`StorageError` if *session_id* (or, for ``None``,
-        any operation) in it failed."""
+    def wait(self, session_id: str | None, waiter: _Waiter, probe: bool = False) -> None:
+        """Settle *waiter* once the next batch (which holds every operation submitted so far)
+        is done: with ``None``, or with the error if *session_id*'s operation (or, for ``None``,
+        any operation) in it failed. *probe*: call the store even if the batch is empty, so it
+        can check itself (the directory store notices a removed folder)."""
         self.waiters.append((session_id, waiter))
+        self.probe = self.probe or probe
         self._lot.unpark_all()
+
+    def latest(self, session_id: str) -> tuple[bool, Put | None]:
+        """The newest operation for *session_id* not yet durable, as ``(found, op)``."""
+        for ops in (self.pending, self.in_flight):
+            if session_id in ops:
+                return True, ops[session_id]
+        return False, None
+
+    def outstanding(self) -> list[_Waiter]:
+        """Every waiter not settled yet (for close, when it has to give up)."""
+        waiters = self.in_flight_waiters + self.waiters
+        self.in_flight_waiters, self.waiters = [], []
+        return [waiter for _, waiter in waiters]
 
     def close(self) -> None:
         self.closing = True
@@ -192,13 +218,17 @@ class _Writer:
             if not self.pending and not self.waiters:
                 await self._lot.park()
                 continue
-            batch, self.pending = self.pending, {}
-            waiters, self.waiters = self.waiters, []
+            batch = self.in_flight = self.pending
+            waiters = self.in_flight_waiters = self.waiters
+            self.pending, self.waiters = {}, []
             failed: dict[str, Exception] = {}
-            if batch:
-                self.in_flight = len(batch)
+            if batch or self.probe:
+                self.probe = False
                 try:
-                    failed = dict(await self.store.write(batch))
+                    result = await self.store.write(batch)
+                    failed = {sid: exc for sid, exc in result.items() if sid in batch}
+                    if len(failed) != len(result):
+                        log.error("storage reported failures for ids not in the batch")
                 except StorageResetError as reset:  # storage lost everything: rewrite it all
                     log.error("%s", reset)
                     failed = dict.fromkeys(batch, reset)
@@ -206,14 +236,13 @@ class _Writer:
                 except Exception as crash:  # a backend bug or unexpected fault: fail the batch
                     log.exception("storage backend raised on a batch of %d", len(batch))
                     failed = dict.fromkeys(batch, crash)
-                finally:
-                    self.in_flight = 0
                 self.writes += len(batch) - len(failed)
                 self.errors += len(failed)
             for failed_id, error in failed.items():
                 log.error("storage write of session %s failed: %s", failed_id, error)
                 if failed_id not in self.pending:  # else a newer operation supersedes it
                     self.pending[failed_id] = batch[failed_id]
+            self.in_flight, self.in_flight_waiters = {}, []
             first_error = next(iter(failed.values()), None)
             for waited_id, waiter in waiters:
                 waiter.settle(first_error if waited_id is None else failed.get(waited_id))
@@ -227,12 +256,13 @@ class Engine(Generic[P]):
 
     All methods must be called from the trio run that opened the engine. Session ids are
     validated first (:class:`~engine.InvalidSessionIdError`); after close, every async method
-    raises :class:`~engine.EngineClosedError`.
+    raises :class:`~engine.EngineClosedError`, and calls still waiting when a close gives up
+    (``close_timeout``) get it too.
 
-    Cancellation: every async method is a checkpoint. If it raises ``Cancelled`` before the
-    actor applied the request, the request has no effect. ``create`` and ``delete`` also wait for
-    their write to be durable; a cancel during that wait leaves the change applied in memory and
-    its write continuing.
+    Cancellation: every async method is a checkpoint, also when it raises. If it raises
+    ``Cancelled`` before the actor applied the request, the request has no effect. ``create``
+    and ``delete`` also wait for their write to be durable; a cancel during that wait leaves the
+    change applied in memory and its write continuing.
     """
 
     def __init__(
@@ -281,52 +311,66 @@ class Engine(Generic[P]):
         )
 
     # -- public API ---------------------------------------------------------------------------
+    #
+    # Every call below: validates the id first (InvalidSessionIdError, ValueError family); is a
+    # checkpoint, also when it raises; if it raises Cancelled before the actor applied it, it had
+    # no effect; after close (or while closing) it raises EngineClosedError.
 
     async def create(self, session_id: str, payload: P) -> None:
-        """Create a session (replacing a live session of the same id) with a TTL of
-        ``config.ttl`` from now.
+        """Create a session (replacing a live session of the same id) that expires
+        ``config.ttl`` seconds from now unless touched.
 
         With storage, returns once the record is durable. Raises :class:`~engine.PayloadError`
-        if *payload* is not a valid ``payload_type``; :class:`~engine.StorageError` if the write
-        failed (the session is live in memory and the write is retried).
-        Checkpoint; cancel-safe until applied (see the class docs).
+        if *payload* is not a valid ``payload_type`` (nothing is applied);
+        :class:`~engine.StorageError` if the write failed (the session is live in memory and the
+        write is retried). Checkpoint. Cancel-safe until applied; cancelled while waiting for
+        durability, the session stays created and its write continues. After close:
+        :class:`~engine.EngineClosedError`.
         """
-        validate_session_id(session_id)
-        await self._call(_CREATE, session_id, self._codec.check_payload(payload))
+        try:
+            validate_session_id(session_id)
+            checked = self._codec.check_payload(payload)
+        except (InvalidSessionIdError, PayloadError):
+            await trio.lowlevel.checkpoint()
+            raise
+        await self._call(_CREATE, session_id, checked)
 
     async def get(self, session_id: str) -> P | None:
         """The payload of a live session, or ``None`` if it is unknown or expired. Does not
-        extend the TTL. Checkpoint; cancel-safe."""
-        return cast("P | None", await self._call(_GET, validate_session_id(session_id)))
+        extend the TTL. Returns the engine's own payload object: treat it as immutable (use
+        frozen classes). Checkpoint; cancel-safe; after close :class:`~engine.EngineClosedError`."""
+        return cast("P | None", await self._call(_GET, session_id))
 
     async def touch(self, session_id: str) -> bool:
         """Extend a live session's TTL (sliding) and count toward its persist trigger. Returns
-        False, leaving no trace, for an unknown or expired id. Checkpoint; cancel-safe."""
-        return cast(bool, await self._call(_TOUCH, validate_session_id(session_id)))
+        False, leaving no trace, for an unknown or expired id. Checkpoint; cancel-safe; after
+        close :class:`~engine.EngineClosedError`."""
+        return cast(bool, await self._call(_TOUCH, session_id))
 
     async def get_and_touch(self, session_id: str) -> P | None:
         """:meth:`touch` and :meth:`get` in one round trip to the actor: the per-request path.
-        Returns ``None`` for an unknown or expired id. Checkpoint; cancel-safe."""
-        return cast("P | None", await self._call(_GET_TOUCH, validate_session_id(session_id)))
+        Returns ``None`` for an unknown or expired id. Checkpoint; cancel-safe; after close
+        :class:`~engine.EngineClosedError`."""
+        return cast("P | None", await self._call(_GET_TOUCH, session_id))
 
     async def delete(self, session_id: str) -> bool:
         """Remove a session from memory and storage; True if it was live. With storage, returns
-        once the delete is durable (raises :class:`~engine.StorageError` if it failed; it is
-        retried). Checkpoint; cancel-safe until applied."""
-        return cast(bool, await self._call(_DELETE, validate_session_id(session_id)))
+        once the delete is durable (raises :class:`~engine.StorageError` if it failed; the
+        session is gone from memory and the delete is retried). Checkpoint. Cancel-safe until
+        applied; cancelled while waiting for durability, the delete stands and its write
+        continues. After close :class:`~engine.EngineClosedError`."""
+        return cast(bool, await self._call(_DELETE, session_id))
 
     async def info(self, session_id: str) -> SessionInfo[P] | None:
         """Payload and timestamps of a live session, else ``None``. Does not extend the TTL.
-        Checkpoint; cancel-safe."""
-        return cast(
-            "SessionInfo[P] | None", await self._call(_INFO, validate_session_id(session_id))
-        )
+        Checkpoint; cancel-safe; after close :class:`~engine.EngineClosedError`."""
+        return cast("SessionInfo[P] | None", await self._call(_INFO, session_id))
 
     async def flush(self) -> None:
         """Persist every dirty session and wait until everything applied before this call is
         durable. Raises :class:`~engine.StorageError` if a write failed (it is retried). Without
-        storage, returns at once after a checkpoint. Checkpoint; cancel-safe (a cancelled flush
-        still completes in the background)."""
+        storage, returns after one round trip. Checkpoint; cancel-safe (a cancelled flush still
+        completes in the background); after close :class:`~engine.EngineClosedError`."""
         await self._call(_FLUSH, "")
 
     def statistics(self) -> Statistics:
@@ -339,8 +383,8 @@ class Engine(Generic[P]):
             expired=core.expired,
             evicted=core.evicted,
             storage_writes=writer.writes if writer else 0,
-            storage_errors=writer.errors if writer else 0,
-            pending_writes=(len(writer.pending) + writer.in_flight) if writer else 0,
+            storage_errors=core.encode_errors + (writer.errors if writer else 0),
+            pending_writes=(len(writer.pending) + len(writer.in_flight)) if writer else 0,
             queue_high_water=self._high_water,
             requests=core.applied,
         )
@@ -348,18 +392,21 @@ class Engine(Generic[P]):
     # -- request path -------------------------------------------------------------------------
 
     async def _call(self, kind: int, session_id: str, arg: object = None) -> object:
-        call = _Call(kind, session_id, arg, trio.lowlevel.current_task())
         try:
-            self._send.send_nowait(call)
-        except trio.WouldBlock:
+            if kind <= _INFO:
+                validate_session_id(session_id)
+            call = _Call(kind, session_id, arg, trio.lowlevel.current_task())
             try:
+                self._send.send_nowait(call)
+            except trio.WouldBlock:
                 await self._send.send(call)
-            except trio.ClosedResourceError:
+                if call.result is not None:  # answered before this task resumed from send
+                    return call.result.unwrap()
+        except (InvalidSessionIdError, trio.ClosedResourceError) as exc:
+            await trio.lowlevel.checkpoint()  # an error is a checkpoint too
+            if isinstance(exc, trio.ClosedResourceError):
                 raise EngineClosedError("the engine is closed") from None
-            if call.result is not None:  # answered before this task resumed from send
-                return call.result.unwrap()
-        except trio.ClosedResourceError:
-            raise EngineClosedError("the engine is closed") from None
+            raise
         call.state = _PARKED
         return await trio.lowlevel.wait_task_rescheduled(call.abort)
 
@@ -503,10 +550,13 @@ class Engine(Generic[P]):
                 return
 
     async def _run_sweeper(self) -> None:
+        # Creates always expire after every live session, so the earliest expiry only moves
+        # earlier through a lazy load: then the sweeper also wakes every flush_interval.
+        longest = self.config.flush_interval if self._lazy else math.inf
         while True:
             deadline = self._core.next_expiry()
             delay = self.config.ttl if deadline is None else deadline - self._now()
-            await trio.sleep(max(delay, 0.0))
+            await trio.sleep(min(max(delay, 0.0), longest))
             try:
                 await self._call(_SWEEP, "")  # returns when the sweep is done
             except EngineClosedError:
@@ -523,6 +573,12 @@ class Engine(Generic[P]):
             queued.append(call)
             return True
         if call.kind == _CREATE or session_id in self._core.sessions:
+            return False
+        assert self._writer is not None
+        found, op = self._writer.latest(session_id)
+        if found:  # storage is behind the writer for this id: the writer's newest op is the truth
+            if op is not None:
+                self._insert_record(self._codec.decode(op.data), self._now())
             return False
         self._loading[session_id] = [call]
         assert self._nursery is not None
@@ -542,15 +598,20 @@ class Engine(Generic[P]):
         calls = self._loading.pop(session_id)
         now = self._now()
         if record is not None and record.id == session_id:
-            r = record
-            self._core.load(session_id, r.payload, r.created_at, r.last_accessed_at, r.expires, now)
+            self._insert_record(record, now)
+        resident = error is None
         for call in calls:
-            if error is None:
+            resident = resident or call.kind == _CREATE  # a create needs no load
+            if resident:
                 self._apply(call, now, resident=True)
             else:
                 call.fail(StorageError(f"cannot load session {session_id}: {error}"))
         self._submit()
         self._load_lot.unpark_all()
+
+    def _insert_record(self, record: StoredSession[P], now: float) -> None:
+        r = record
+        self._core.load(r.id, r.payload, r.created_at, r.last_accessed_at, r.expires, now)
 
     # -- open / close -------------------------------------------------------------------------
 
@@ -561,43 +622,64 @@ class Engine(Generic[P]):
             self._codec.decode, self._now()
         )
         now = self._now()
-        core = self._core
-        for r in sorted(records, key=lambda r: r.last_accessed_at):
-            core.load(r.id, r.payload, r.created_at, r.last_accessed_at, r.expires, now)
+        for record in sorted(records, key=lambda r: r.last_accessed_at):
+            self._insert_record(record, now)
         self._submit()  # evictions, if storage held more than max_sessions
 
     async def _close(self) -> None:
-        """Stop taking requests, apply what is queued, flush everything dirty, drain writes.
-        Runs after the actor returned (the channel is closed and drained)."""
+        """Flush everything dirty and wait for the writes (a few attempts). Runs after the actor
+        returned: the channel is closed and every request in it was applied."""
         while self._loading:  # calls parked on a lazy load are applied before the final flush
             await self._load_lot.park()
-        core = self._core
-        while core.dirty:
-            core.persist_dirty(CHUNK, Cause.FLUSH, self._now())
-            self._submit()
-            await trio.lowlevel.checkpoint()
         writer = self._writer
         if writer is None:
-            for call in self._flush_waiters:
-                call.reply(None)
+            self._finish_flush()
             return
-        for call in self._flush_waiters:
-            writer.wait(None, call)
-        self._flush_waiters.clear()
-        for _ in range(3):  # the writer sleeps retry_interval between failed attempts
+        core = self._core
+        for _ in range(3):  # the writer sleeps retry_interval after a failed batch
+            budget = len(core.dirty)
+            while budget > 0:
+                budget -= core.persist_dirty(min(CHUNK, budget), Cause.FLUSH, self._now())
+                self._submit()
+                await trio.lowlevel.checkpoint()
+            self._finish_flush()
             notify = _Notify()
-            writer.wait(None, notify)
+            writer.wait(None, notify, probe=True)  # probe: a removed folder is noticed here too
             await notify.event.wait()
-            if notify.error is None:
+            if notify.error is None and not core.dirty:
                 break
-            log.warning("final flush: %d writes failed, retrying", len(writer.pending))
+            log.warning("final flush: writes failed (%s), retrying", notify.error)
         writer.close()
-        if writer.pending:
-            log.error(
-                "engine closed with %d session writes failing; they are not durable: %s",
-                len(writer.pending),
-                ", ".join(sorted(writer.pending)[:20]),
-            )
+
+    def _abandon(self) -> None:
+        """After close: fail every call still waiting (a close that gave up at
+        ``close_timeout`` leaves some) and log what is not durable."""
+        error = EngineClosedError("the engine closed before this request completed")
+        waiters: list[_Waiter | _Call] = [*self._flush_waiters]
+        self._flush_waiters.clear()
+        for calls in self._loading.values():
+            waiters.extend(calls)
+        self._loading.clear()
+        while True:
+            try:
+                waiters.append(self._receive.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+        writer = self._writer
+        if writer is not None:
+            waiters.extend(writer.outstanding())
+            lost = sorted({*writer.pending, *writer.in_flight, *self._core.dirty})
+            if lost:
+                log.error(
+                    "engine closed with %d sessions not durable: %s",
+                    len(lost),
+                    ", ".join(lost[:20]) + (", ..." if len(lost) > 20 else ""),
+                )
+        for waiter in waiters:
+            if isinstance(waiter, _Call):
+                waiter.fail(error)
+            else:
+                waiter.settle(error)
 
 
 def _wall_clock(wall_time: Callable[[], float]) -> Callable[[], float]:
@@ -664,7 +746,7 @@ async def _open_engine(
     try:
         engine = Engine(config, codec, store, _wall_clock(wall_time))
         await engine._load()
-        async with _unwrap_single(), trio.open_nursery() as nursery:
+        async with _unwrap_single(), _abandoning(engine), trio.open_nursery() as nursery:
             engine._nursery = nursery
             nursery.start_soon(engine._run_flush_ticker)
             nursery.start_soon(engine._run_sweeper)
@@ -691,6 +773,14 @@ async def _open_engine(
         if store is not None:
             with trio.CancelScope(shield=True):
                 await store.aclose()
+
+
+@asynccontextmanager
+async def _abandoning(engine: Engine[Any]) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        engine._abandon()
 
 
 async def _run_then_set(fn: Callable[[], Any], done: trio.Event) -> None:

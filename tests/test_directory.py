@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import msgspec
+import pytest
 import trio
 
 from engine import FORMAT_VERSION, ConnectionConfig, DirectoryStore, EngineConfig, open_engine
@@ -117,3 +119,42 @@ async def test_store_write_and_delete_are_durable_batches(tmp_path: Path) -> Non
     finally:
         await ds.aclose()
     await trio.lowlevel.checkpoint()
+
+
+async def test_quarantine_folder_that_is_a_symlink_is_not_followed(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    outside = tmp_path / "outside"
+    store.mkdir()
+    outside.mkdir()
+    (store / "quarantine").symlink_to(outside)
+    (store / "junk.session").write_bytes(b"junk")
+    (store / "ok.session").write_bytes(record("ok"))
+    async with open_engine(EngineConfig(storage_dir=store), wall_time=lambda: T0) as e:
+        assert await e.get("ok") is not None
+    assert list(outside.iterdir()) == []
+    assert (store / "junk.session").read_bytes() == b"junk"  # left in place, reported
+
+
+async def test_new_folder_entry_is_made_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[str] = []
+    real_open, real_fsync = os.open, os.fsync
+    dirs: dict[int, str] = {}
+
+    def tracking_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        fd = real_open(path, flags, *args, **kwargs)
+        if flags & os.O_DIRECTORY:
+            dirs[fd] = str(path)
+        return fd
+
+    def tracking_fsync(fd: int) -> None:
+        if fd in dirs:
+            synced.append(dirs.pop(fd))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "open", tracking_open)
+    monkeypatch.setattr(os, "fsync", tracking_fsync)
+    async with open_engine(EngineConfig(storage_dir=tmp_path / "new")):
+        pass
+    assert str(tmp_path) in synced

@@ -583,3 +583,79 @@ async def test_queue_high_water_is_reported(tmp_path: Path) -> None:
             for _ in range(50):
                 nursery.start_soon(e.get, "s")
         assert 1 < e.statistics().queue_high_water <= 51
+
+
+# -- robustness (review findings) -----------------------------------------------------------
+
+
+async def test_every_error_is_a_checkpoint(tmp_path: Path) -> None:
+    async with open_engine(config(tmp_path)) as e:
+        for attempt in (lambda: e.get("../x"), lambda: e.create("s", "no")):  # type: ignore[arg-type]
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await attempt()  # type: ignore[no-untyped-call]
+            assert scope.cancelled_caught
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await e.get("s")
+    assert scope.cancelled_caught
+
+
+async def test_a_close_that_gives_up_fails_waiting_callers(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from tests.fakes import MemoryStore
+
+    class HangingStore(MemoryStore):
+        hang = False
+
+        async def write(self, batch: engine.WriteBatch) -> Any:
+            if self.hang:
+                await trio.sleep_forever()
+            return await super().write(batch)
+
+    store = HangingStore()
+    outcomes: list[BaseException] = []
+
+    async def creator(e: engine.Engine[ConnectionConfig]) -> None:
+        try:
+            await e.create("x", RICH)
+        except EngineClosedError as exc:
+            outcomes.append(exc)
+
+    cfg = EngineConfig(close_timeout=5)
+    async with trio.open_nursery() as outer, open_engine(cfg, store=store) as e:
+        store.hang = True
+        outer.start_soon(creator, e)
+        await trio.testing.wait_all_tasks_blocked()
+    assert len(outcomes) == 1  # and the outer nursery finished: nobody hangs
+
+
+@attrs.define
+class MutablePayload:
+    items: list[Any]
+
+
+async def test_a_payload_mutated_into_garbage_does_not_stop_the_engine(tmp_path: Path) -> None:
+    async with open_engine(config(tmp_path, persist_requests=1), payload_type=MutablePayload) as e:
+        await e.create("a", MutablePayload(["x"]))
+        got = await e.get("a")
+        assert got is not None
+        got.items.append(object())  # the caller breaks the "treat payloads as immutable" rule
+        assert await e.touch("a")  # its persist fails to encode: logged and counted
+        assert e.statistics().storage_errors == 1
+        await e.create("b", MutablePayload(["y"]))  # the engine still serves and writes
+        assert await e.get("b") == MutablePayload(["y"])
+        got.items.pop()
+    assert stored(tmp_path, "b") is not None
+
+
+async def test_folder_removed_before_a_clean_close_is_written_anew(tmp_path: Path) -> None:
+    import shutil
+
+    cfg = config(tmp_path, retry_interval=0.01)
+    async with open_engine(cfg) as e:
+        for sid in ("a", "b", "c"):
+            await e.create(sid, RICH)
+        shutil.rmtree(tmp_path / "store")  # nothing dirty: only the close's probe notices
+    assert session_files(tmp_path) == ["a.session", "b.session", "c.session"]

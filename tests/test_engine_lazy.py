@@ -158,3 +158,78 @@ async def test_expiry_leaves_deletes_to_the_store(mock_clock: trio.testing.MockC
         await trio.testing.wait_all_tasks_blocked()
         assert e.statistics().expired == 1
         assert "s" in store.data  # the store's own key TTL removes it
+
+
+class GatedWrites(SharedStore):
+    """Writes wait on a gate, so operations sit in the writer while reads go on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.write_gate: trio.Event | None = None
+
+    async def write(self, batch: WriteBatch) -> Mapping[str, Exception]:
+        if self.write_gate is not None:
+            await self.write_gate.wait()
+        return await super().write(batch)
+
+
+async def test_a_miss_never_reads_past_a_pending_delete() -> None:
+    store = GatedWrites()
+    async with open_engine(EngineConfig(max_sessions=1), store=store, wall_time=lambda: T0) as e:
+        await e.create("a", A)
+        await e.create("b", A)  # evicts a from memory; it stays in the store
+        assert await e.get("a") == A  # loaded again
+        store.write_gate = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(e.delete, "a")
+            await trio.testing.wait_all_tasks_blocked()  # applied, not yet durable
+            assert await e.get("a") is None  # the store still holds a: it must not be read
+            assert await e.touch("a") is False
+            store.write_gate.set()
+        await e.flush()
+        assert await e.get("a") is None
+    assert "a" not in store.data
+
+
+async def test_a_miss_sees_the_newest_pending_write(mock_clock: trio.testing.MockClock) -> None:
+    store = GatedWrites()
+    cfg = EngineConfig(max_sessions=1, persist_requests=1000)
+    async with open_engine(cfg, store=store, wall_time=lambda: T0) as e:
+        await e.create("a", A)
+        mock_clock.jump(30)
+        assert await e.touch("a")  # dirty: expires T0 + 30 + ttl, only in memory
+        touched = await e.info("a")
+        store.write_gate = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(e.create, "b", A)  # evicts a: its newer record waits in the writer
+            await trio.testing.wait_all_tasks_blocked()
+            info = await e.info("a")
+            assert info is not None and touched is not None
+            assert info.expires == touched.expires
+            store.write_gate.set()
+
+
+async def test_a_failed_load_does_not_fail_a_create_queued_behind_it() -> None:
+    store = SharedStore()
+    store.gate = trio.Event()
+    store.fail_loads = True
+    results: dict[str, object] = {}
+
+    async def attempt(name: str, fn: Callable[[], object]) -> None:
+        try:
+            results[name] = await fn()  # type: ignore[misc]
+        except StorageError as exc:
+            results[name] = exc
+
+    async with open_engine(EngineConfig(), store=store, wall_time=lambda: T0) as e:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(attempt, "get", lambda: e.get("a"))
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(attempt, "create", lambda: e.create("a", A))
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(attempt, "get2", lambda: e.get("a"))
+            await trio.testing.wait_all_tasks_blocked()
+            store.gate.set()
+        assert isinstance(results["get"], StorageError)
+        assert results["create"] is None
+        assert results["get2"] == A
