@@ -3,7 +3,7 @@
 Probe ``get`` requests arrive on a fixed schedule (one per millisecond, each in its own task)
 while the flush runs; a request's latency runs from its scheduled arrival to its answer, so time
 the loop was blocked before the request could even be sent counts (no coordinated omission).
-Beside the engine (encoding in the actor in chunks of 512, file I/O in a worker thread), the
+Beside the engine (encoding in the actor in chunks of 128, file I/O in a worker thread), the
 original's way:
 a flush that encodes and writes every dirty session synchronously on the loop (plain writes, no
 fsync, as the original does), with the probes reading a plain dict.

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from itertools import count, islice
 from typing import Generic, TypeVar, final
 
+import msgspec
+
 from ._store import Put
 
 __all__ = ["Cause", "Entry", "SessionTable"]
@@ -46,36 +48,24 @@ class Cause(enum.Enum):
     """An explicit flush, or the final flush at close."""
 
 
-@final
-class Entry(Generic[P]):
-    """One live session. Mutable, owned by the table; never handed to storage."""
+class Entry(msgspec.Struct, Generic[P], gc=False):
+    """One live session. Mutable, owned by the table; never handed to storage.
 
-    __slots__ = (
-        "created_at",
-        "expires",
-        "last_accessed_at",
-        "last_persist",
-        "payload",
-        "serial",
-        "touches",
-    )
+    ``gc=False``: entries hold no references back into the table, so they can never be part of
+    a reference cycle; leaving them out of the garbage collector keeps its full collections
+    short with many sessions (they stall the event loop).
+    """
 
-    def __init__(
-        self,
-        payload: P,
-        created_at: float,
-        last_accessed_at: float,
-        expires: float,
-        now: float,
-        serial: int,
-    ) -> None:
-        self.payload = payload
-        self.created_at = created_at
-        self.last_accessed_at = last_accessed_at
-        self.expires = expires
-        self.last_persist = now
-        self.touches = 0
-        self.serial = serial
+    payload: P
+    created_at: float
+    last_accessed_at: float
+    expires: float
+    last_persist: float
+    """When the session was last written (or loaded, or created): the M trigger's clock."""
+    serial: int
+    """Identifies this entry in the expiry heap (an id can be re-created)."""
+    touches: int = 0
+    """Touches since the last persist: the N trigger's count."""
 
 
 @final

@@ -42,7 +42,7 @@ log = logging.getLogger("engine")
 
 P = TypeVar("P")
 
-CHUNK: Final = 512
+CHUNK: Final = 128
 """Sessions encoded or expired per background step, between which callers are served."""
 
 # Call kinds
