@@ -17,7 +17,7 @@ import enum
 import heapq
 import logging
 from collections.abc import Callable
-from itertools import count, islice
+from itertools import islice
 from typing import Generic, TypeVar, final
 
 import msgspec
@@ -62,8 +62,6 @@ class Entry(msgspec.Struct, Generic[P], gc=False):
     expires: float
     last_persist: float
     """When the session was last written (or loaded, or created): the M trigger's clock."""
-    serial: int
-    """Identifies this entry in the expiry heap (an id can be re-created)."""
     touches: int = 0
     """Touches since the last persist: the N trigger's count."""
 
@@ -102,12 +100,11 @@ class SessionTable(Generic[P]):
         """Ids touched since their last persist, oldest first (an ordered set)."""
         self.outbox: dict[str, Put | None] = {}
         """Storage operations produced since the last :meth:`take_outbox`, latest per id."""
-        # (expires when pushed, serial, id): a lazy min-heap. An item is stale when its session
-        # is gone or was replaced (serial differs); when a session's expiry moved later, the item
-        # is pushed again with the new time when it surfaces. Expires only moves later, so the
-        # first valid item is the true minimum.
-        self._heap: list[tuple[float, int, str]] = []
-        self._serials = count()
+        # (expires when pushed, id): a lazy min-heap, at least one item per live session. An item
+        # is stale when its session is gone; when a session's expiry moved later (a touch, or a
+        # re-create), its item is pushed again with the new time when it surfaces. Expires
+        # only moves later, so the first item whose time matches its session is the minimum.
+        self._heap: list[tuple[float, str]] = []
         self.persists: dict[Cause, int] = dict.fromkeys(Cause, 0)
         self.expired = 0
         self.evicted = 0
@@ -195,14 +192,14 @@ class SessionTable(Generic[P]):
         for _ in range(limit):
             if not heap or heap[0][0] > now:
                 break
-            item = heapq.heappop(heap)
-            entry = self._current(item)
+            _, session_id = heapq.heappop(heap)
+            entry = self.sessions.get(session_id)
             if entry is None:
                 continue
             if entry.expires > now:
-                heapq.heappush(heap, (entry.expires, entry.serial, item[2]))
+                heapq.heappush(heap, (entry.expires, session_id))
                 continue
-            self._expire(item[2])
+            self._expire(session_id)
             removed += 1
         return removed
 
@@ -235,22 +232,15 @@ class SessionTable(Generic[P]):
         expires: float,
         now: float,
     ) -> None:
-        serial = next(self._serials)
-        self.sessions[session_id] = Entry(
-            payload, created_at, last_accessed_at, expires, now, serial
-        )
-        heapq.heappush(self._heap, (expires, serial, session_id))
+        self.sessions[session_id] = Entry(payload, created_at, last_accessed_at, expires, now)
+        heapq.heappush(self._heap, (expires, session_id))
         if len(self._heap) > 2 * len(self.sessions) + 64:
             self._compact_heap()
 
     def _compact_heap(self) -> None:
         sessions = self.sessions
-        self._heap = [(e.expires, e.serial, sid) for sid, e in sessions.items()]
+        self._heap = [(e.expires, sid) for sid, e in sessions.items()]
         heapq.heapify(self._heap)
-
-    def _current(self, item: tuple[float, int, str]) -> Entry[P] | None:
-        entry = self.sessions.get(item[2])
-        return entry if entry is not None and entry.serial == item[1] else None
 
     def _live(self, session_id: str, now: float) -> Entry[P] | None:
         entry = self.sessions.get(session_id)
@@ -310,14 +300,13 @@ class SessionTable(Generic[P]):
         self.expire(now, len(self._heap))  # due sessions go first, as expired
         heap = self._heap
         while len(self.sessions) >= self.max_sessions and heap:
-            item = heapq.heappop(heap)
-            entry = self._current(item)
+            pushed, session_id = heapq.heappop(heap)
+            entry = self.sessions.get(session_id)
             if entry is None:
                 continue
-            if entry.expires > item[0]:
-                heapq.heappush(heap, (entry.expires, entry.serial, item[2]))
+            if entry.expires > pushed:
+                heapq.heappush(heap, (entry.expires, session_id))
                 continue
-            session_id = item[2]
             if self._evict_to_storage:
                 if session_id in self.dirty:
                     self._persist(session_id, Cause.FLUSH, now)
