@@ -8,7 +8,8 @@ from typing import Final, Generic, TypeVar, final
 import attrs
 import msgspec
 
-from ._errors import PayloadError
+from ._errors import InvalidSessionIdError, PayloadError
+from ._ids import validate_session_id
 
 __all__ = [
     "FORMAT_VERSION",
@@ -116,6 +117,10 @@ class Codec(Generic[P]):
             raise CorruptRecordError(
                 f"format version {record.v} (this engine reads {FORMAT_VERSION})"
             )
+        try:
+            validate_session_id(record.id)
+        except InvalidSessionIdError as exc:
+            raise CorruptRecordError(str(exc)) from None
         return record
 
     def check_payload(self, payload: object) -> P:

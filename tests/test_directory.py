@@ -158,3 +158,13 @@ async def test_new_folder_entry_is_made_durable(
     async with open_engine(EngineConfig(storage_dir=tmp_path / "new")):
         pass
     assert str(tmp_path) in synced
+
+
+async def test_a_record_with_an_invalid_id_is_quarantined(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    store.mkdir()
+    bad_id = "../escape"
+    (store / file_name_for(bad_id)).write_bytes(record(bad_id))
+    async with open_engine(EngineConfig(storage_dir=store), wall_time=lambda: T0) as e:
+        assert e.statistics().live_sessions == 0
+    assert os.listdir(store / "quarantine") == [file_name_for(bad_id)]
