@@ -42,6 +42,9 @@ QUARANTINE: Final = "quarantine"
 _TEMP_NAME = re.compile(r"\.tmp\.[0-9A-Za-z]+\..+\.session\Z")
 """The shape of our temp files, ``.tmp.<token>.<file name>.session`` (see :func:`_write_atomic`):
 any other ``.tmp.*`` entry is not ours and is left alone."""
+WRITE_SLICE: Final = 256
+"""Operations per worker-thread call (each slice ends with one folder fsync)."""
+
 _PLAIN_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}\Z")
 
 
@@ -271,16 +274,24 @@ class DirectoryStore:
     # -- write --------------------------------------------------------------------------------
 
     async def write(self, batch: WriteBatch) -> Mapping[str, Exception]:
-        """Apply *batch* in a worker thread: each put as temp file + fsync + rename, each delete
-        as unlink, then one folder fsync. Returns the failed ids; see :class:`~engine.Store`.
-        Raises :class:`~engine.StorageResetError` (after setting the folder up again) if the
-        folder was removed or replaced since open.
+        """Apply *batch* in a worker thread, in slices of :data:`WRITE_SLICE` operations: each
+        put as temp file + fsync + rename, each delete as unlink, then one folder fsync per
+        slice. Not cancellable while a slice runs (a worker thread cannot be abandoned). Returns
+        the failed ids; see :class:`~engine.Store`. Raises :class:`~engine.StorageResetError`
+        (after setting the folder up again) if the folder was removed or replaced since open.
 
         After a failed ``fsync`` the file's state in the page cache is unknown (Linux may have
         dropped the dirty pages and cleared the error), so a retry never fsyncs again: the engine
         writes the whole record anew to a new temp file.
         """
-        return await trio.to_thread.run_sync(self._write_sync, batch)
+        failed: dict[str, Exception] = {}
+        items = list(batch.items())
+        # Slices: a worker thread cannot be abandoned, so a close that gives up
+        # (close_timeout) waits for one slice at most, not for a whole large batch.
+        for start in range(0, max(len(items), 1), WRITE_SLICE):  # an empty batch: a probe
+            part = dict(items[start : start + WRITE_SLICE])
+            failed.update(await trio.to_thread.run_sync(self._write_sync, part))
+        return failed
 
     def _write_sync(self, batch: WriteBatch) -> dict[str, Exception]:
         self._check_folder()

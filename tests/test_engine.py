@@ -69,11 +69,13 @@ def session_files(tmp_path: Path) -> list[str]:
 
 
 async def settle() -> None:
-    """Let the engine's tasks and worker threads finish what the last step started."""
-    for _ in range(3):
+    """Let the engine's tasks and worker threads finish what the last step started: return once
+    every task is blocked and no worker thread runs."""
+    while True:
         await trio.testing.wait_all_tasks_blocked()
+        if trio.testing.active_thread_count() == 0:
+            return
         await trio.testing.wait_all_threads_completed()
-    await trio.testing.wait_all_tasks_blocked()
 
 
 def wall(start: float = T0) -> Callable[[], float]:
