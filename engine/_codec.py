@@ -33,8 +33,9 @@ MAX_PAYLOAD_BYTES: Final = MAX_RECORD_BYTES - 4096
 left for the id and timestamps)."""
 
 
-class StoredSession(msgspec.Struct, Generic[P], frozen=True, forbid_unknown_fields=True):
-    """One session as it sits in storage. Times are wall-clock seconds since the epoch."""
+class StoredSession(msgspec.Struct, Generic[P], frozen=True, forbid_unknown_fields=True, gc=False):
+    """One session as it sits in storage. Times are wall-clock seconds since the epoch.
+    (``gc=False``: made once per write and per load, never part of a cycle.)"""
 
     v: int
     id: str

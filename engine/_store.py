@@ -8,13 +8,16 @@ and each batch holds at most one operation per id (the latest, coalesced).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import NamedTuple, Protocol, TypeVar
+from typing import Protocol, TypeVar
+
+import msgspec
 
 __all__ = ["LoadedRecord", "Put", "Store", "WriteBatch"]
 
 
-class Put(NamedTuple):
-    """Write (create or replace) one record."""
+class Put(msgspec.Struct, frozen=True, gc=False):
+    """Write (create or replace) one record. (``gc=False``: a flush makes one per session; left
+    out of the garbage collector they do not trigger its collections, which stall the loop.)"""
 
     data: bytes
     """The encoded record."""
