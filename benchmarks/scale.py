@@ -3,7 +3,7 @@ sweep, from 1k to 1M live sessions; the goal is flat.
 
 The engine runs on an in-memory store that hands it the sessions at open (so 1M sessions load
 in seconds) and counts writes; the dual trigger and encoding run as usual. The sweep is timed on
-the core (``SessionTable.expire``, what the actor runs in chunks of 512): sessions are loaded
+the core (``SessionTable.expire``, the actor's sweep; 512 per step here): sessions are loaded
 with expiries spread over the TTL, then the clock is moved so that 1% of them (at most 10k)
 are due, and the sweep's cost per removed session is reported.
 """
