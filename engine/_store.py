@@ -54,35 +54,30 @@ class Store(Protocol):
         """True if :meth:`load_all` returns every session (directory, journal): the engine then
         treats an id missing from memory as unknown. False for shared stores (Redis) that load
         one id on a miss with :meth:`load_one`."""
-        ...
 
     @property
     def expires_keys(self) -> bool:
         """True if the backend removes expired records itself (Redis key TTLs): the engine then
         does not issue deletes for sessions that expire."""
-        ...
 
     async def open(self) -> None:
         """Acquire the store (locks, connections). Raises
         :class:`~engine.StorageLockedError` if another engine holds it."""
-        ...
 
     async def load_all(self, parse: Callable[[bytes], R], now: float) -> list[R]:
         """Return every live record. *parse* decodes one record or raises ``ValueError``:
         such records are reported and set aside (never deleted). Records expired at wall time
         *now* are removed from storage and not returned. Never raises for bad records."""
-        ...
 
     async def load_one(self, session_id: str, parse: Callable[[bytes], R]) -> R | None:
         """Return one record, or ``None`` if absent (only called when :attr:`preloads` is
         false)."""
-        ...
 
     async def write(self, batch: WriteBatch) -> Mapping[str, Exception]:
         """Apply *batch* durably and return the operations that failed, by id. An id missing
-        from the result is durable. Must not raise for per-id failures."""
-        ...
+        from the result is durable. Must not raise for per-id failures. Raise
+        :class:`~engine.StorageResetError` if the backend lost what it held (the engine then
+        rewrites every live session). An empty batch is a probe: check, write nothing."""
 
     async def aclose(self) -> None:
         """Release the store (locks, connections)."""
-        ...
