@@ -48,27 +48,80 @@ class Metrics:
             lines.append(f"# HELP {name} {help_text}")
             lines.append(f"# TYPE {name} {kind}")
 
-        metric("engine_live_sessions", "gauge", "Sessions in memory.")
-        lines.append(f"engine_live_sessions {stats.live_sessions}")
-        metric("engine_dirty_sessions", "gauge", "Sessions touched since their last persist.")
-        lines.append(f"engine_dirty_sessions {stats.dirty_sessions}")
+        for name, kind, help_text, value in (
+            ("engine_live_sessions", "gauge", "Sessions in memory.", stats.live_sessions),
+            (
+                "engine_dirty_sessions",
+                "gauge",
+                "Sessions touched since their last persist.",
+                stats.dirty_sessions,
+            ),
+            (
+                "engine_sessions_expired_total",
+                "counter",
+                "Sessions removed by their TTL.",
+                stats.expired,
+            ),
+            (
+                "engine_sessions_evicted_total",
+                "counter",
+                "Sessions evicted by max_sessions.",
+                stats.evicted,
+            ),
+            (
+                "engine_storage_writes_total",
+                "counter",
+                "Storage operations completed.",
+                stats.storage_writes,
+            ),
+            (
+                "engine_storage_errors_total",
+                "counter",
+                "Storage operations that failed.",
+                stats.storage_errors,
+            ),
+            (
+                "engine_pending_writes",
+                "gauge",
+                "Storage operations queued or in flight.",
+                stats.pending_writes,
+            ),
+            (
+                "engine_queue_high_water",
+                "gauge",
+                "Most requests queued at one actor wake-up.",
+                stats.queue_high_water,
+            ),
+            (
+                "engine_actor_requests_total",
+                "counter",
+                "Requests applied by the actor.",
+                stats.requests,
+            ),
+            (
+                "engine_sessions_created_total",
+                "counter",
+                "Sessions created by initialize.",
+                self.sessions_created,
+            ),
+            (
+                "engine_sessions_deleted_total",
+                "counter",
+                "Sessions deleted by DELETE /mcp.",
+                self.sessions_deleted,
+            ),
+            (
+                "engine_sessions_not_found_total",
+                "counter",
+                "Requests for unknown or expired ids.",
+                self.sessions_not_found,
+            ),
+        ):
+            metric(name, kind, help_text)
+            lines.append(f"{name} {value}")
         metric("engine_persists_total", "counter", "Session records written, by cause.")
         for cause, n in sorted(stats.persists.items()):
             lines.append(f'engine_persists_total{{cause="{cause}"}} {n}')
-        metric("engine_sessions_expired_total", "counter", "Sessions removed by their TTL.")
-        lines.append(f"engine_sessions_expired_total {stats.expired}")
-        metric("engine_sessions_evicted_total", "counter", "Sessions evicted by max_sessions.")
-        lines.append(f"engine_sessions_evicted_total {stats.evicted}")
-        metric("engine_storage_writes_total", "counter", "Storage operations completed.")
-        lines.append(f"engine_storage_writes_total {stats.storage_writes}")
-        metric("engine_storage_errors_total", "counter", "Storage operations that failed.")
-        lines.append(f"engine_storage_errors_total {stats.storage_errors}")
-        metric("engine_pending_writes", "gauge", "Storage operations queued or in flight.")
-        lines.append(f"engine_pending_writes {stats.pending_writes}")
-        metric("engine_queue_high_water", "gauge", "Most requests queued at one actor wake-up.")
-        lines.append(f"engine_queue_high_water {stats.queue_high_water}")
-        metric("engine_actor_requests_total", "counter", "Requests applied by the actor.")
-        lines.append(f"engine_actor_requests_total {stats.requests}")
 
         metric("engine_http_requests_total", "counter", "HTTP requests by route and status.")
         for (route, status), n in sorted(self.http.items()):
@@ -76,12 +129,6 @@ class Metrics:
         metric("engine_mcp_messages_total", "counter", "MCP messages received, by method.")
         for method, n in sorted(self.mcp.items()):
             lines.append(f'engine_mcp_messages_total{{method="{method}"}} {n}')
-        metric("engine_sessions_created_total", "counter", "Sessions created by initialize.")
-        lines.append(f"engine_sessions_created_total {self.sessions_created}")
-        metric("engine_sessions_deleted_total", "counter", "Sessions deleted by DELETE /mcp.")
-        lines.append(f"engine_sessions_deleted_total {self.sessions_deleted}")
-        metric("engine_sessions_not_found_total", "counter", "Requests for unknown or expired ids.")
-        lines.append(f"engine_sessions_not_found_total {self.sessions_not_found}")
 
         name = "engine_http_request_duration_seconds"
         metric(name, "histogram", "Time from request start to response, in seconds.")

@@ -10,15 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.__main__ import WORKLOADS
+
 ROOT = Path(__file__).resolve().parent.parent
-WORKLOADS = (
-    "request_path",
-    "write_amplification",
-    "flush_latency",
-    "recovery_memory",
-    "scale",
-    "durable_creates",
-)
 
 
 @pytest.mark.slow
