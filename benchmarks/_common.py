@@ -21,7 +21,7 @@ import msgspec
 
 from engine import ConnectionConfig, StoredSession, new_session_id
 from engine._codec import Codec
-from engine._directory import file_name_for
+from engine.storage._directory import file_name_for
 
 __all__ = [
     "DEFAULT_PAYLOAD",

@@ -59,8 +59,8 @@ class _DictSessions:
 
 
 def _serve(variant: str, port: int, storage_dir: str) -> None:
-    from engine._server import McpApp, _serve_app, hypercorn_config, serve
-    from engine._server_config import load_server_config
+    from engine.mcp._config import load_server_config
+    from engine.mcp._server import McpApp, _serve_app, hypercorn_config, serve
 
     config = load_server_config(
         environ={},

@@ -5,15 +5,10 @@ after an idle TTL and are persisted write-behind by a dual trigger (N touches or
 periodic flush tick, and a final flush on close. See ``docs/design.md``.
 """
 
-from ._codec import FORMAT_VERSION as FORMAT_VERSION
-from ._codec import StoredSession as StoredSession
 from ._config import EngineConfig as EngineConfig
-from ._directory import DirectoryStore as DirectoryStore
-from ._directory import LoadReport as LoadReport
 from ._engine import Engine as Engine
 from ._engine import SessionInfo as SessionInfo
 from ._engine import Statistics as Statistics
-from ._engine import open_engine as open_engine
 from ._errors import ConfigError as ConfigError
 from ._errors import EngineClosedError as EngineClosedError
 from ._errors import EngineError as EngineError
@@ -24,18 +19,23 @@ from ._errors import StorageLockedError as StorageLockedError
 from ._errors import StorageResetError as StorageResetError
 from ._ids import new_session_id as new_session_id
 from ._ids import validate_session_id as validate_session_id
-from ._payload import ConnectionConfig as ConnectionConfig
-from ._payload import TagExpression as TagExpression
-from ._payload import TagFilterMode as TagFilterMode
-from ._payload import TagQuery as TagQuery
-from ._server import McpApp as McpApp
-from ._server import serve as serve
-from ._server_config import ServerConfig as ServerConfig
-from ._server_config import load_server_config as load_server_config
-from ._server_payload import McpSession as McpSession
-from ._store import Put as Put
-from ._store import Store as Store
-from ._store import WriteBatch as WriteBatch
+from ._open import open_engine as open_engine
+from .mcp import ConnectionConfig as ConnectionConfig
+from .mcp import McpApp as McpApp
+from .mcp import McpSession as McpSession
+from .mcp import ServerConfig as ServerConfig
+from .mcp import TagExpression as TagExpression
+from .mcp import TagFilterMode as TagFilterMode
+from .mcp import TagQuery as TagQuery
+from .mcp import load_server_config as load_server_config
+from .mcp import serve as serve
+from .storage import FORMAT_VERSION as FORMAT_VERSION
+from .storage import DirectoryStore as DirectoryStore
+from .storage import LoadReport as LoadReport
+from .storage import Put as Put
+from .storage import Store as Store
+from .storage import StoredSession as StoredSession
+from .storage import WriteBatch as WriteBatch
 
 __all__ = [
     "FORMAT_VERSION",

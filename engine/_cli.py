@@ -26,13 +26,20 @@ import trio
 
 from ._codec import FORMAT_VERSION, StoredSession
 from ._config import EngineConfig
-from ._directory import LOCK_NAME, QUARANTINE, SUFFIX, TEMP_PREFIX, DirectoryStore, file_name_for
-from ._engine import open_engine
 from ._errors import ConfigError, StorageError, StorageLockedError
 from ._ids import new_session_id
-from ._payload import ConnectionConfig, TagExpression
-from ._server_config import ServerConfig, load_server_config
-from ._server_payload import summarize
+from ._open import open_engine
+from .mcp._config import ServerConfig, load_server_config
+from .mcp._payload import ConnectionConfig, TagExpression
+from .mcp._session import summarize
+from .storage._directory import (
+    LOCK_NAME,
+    QUARANTINE,
+    SUFFIX,
+    TEMP_PREFIX,
+    DirectoryStore,
+    file_name_for,
+)
 
 __all__ = [
     "EXIT_BAD_CONFIG",
@@ -111,7 +118,7 @@ _SERVE_FLAGS: Final = (
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from ._server import serve
+    from .mcp._server import serve
 
     flags = {
         field: getattr(args, field)

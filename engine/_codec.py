@@ -1,4 +1,5 @@
-"""The bytes of a stored session: one msgspec-encoded JSON record with a format version."""
+"""The engine's codec for one payload type: encodes records (the format is in
+``storage/_records.py``), decodes them, and validates payloads at create."""
 
 from __future__ import annotations
 
@@ -8,8 +9,14 @@ from typing import Final, Generic, TypeVar, final
 import attrs
 import msgspec
 
-from ._errors import InvalidSessionIdError, PayloadError
-from ._ids import validate_session_id
+from ._errors import PayloadError
+from .storage._records import (
+    FORMAT_VERSION,
+    MAX_RECORD_BYTES,
+    CorruptRecordError,
+    RecordDecoder,
+    StoredSession,
+)
 
 __all__ = [
     "FORMAT_VERSION",
@@ -22,38 +29,9 @@ __all__ = [
 
 P = TypeVar("P")
 
-FORMAT_VERSION: Final = 1
-"""Version written into every record; records with another version are quarantined, not read."""
-
-MAX_RECORD_BYTES: Final = 1 << 20
-"""Largest record a store reads; larger ones are quarantined unread."""
-
 MAX_PAYLOAD_BYTES: Final = MAX_RECORD_BYTES - 4096
 """Largest encoded payload accepted at create, so that every record stays readable (4 KiB is
 left for the id and timestamps)."""
-
-
-class StoredSession(msgspec.Struct, Generic[P], frozen=True, forbid_unknown_fields=True, gc=False):
-    """One session as it sits in storage. Times are wall-clock seconds since the epoch.
-    (``gc=False``: made once per write and per load, never part of a cycle.)"""
-
-    v: int
-    id: str
-    created_at: float
-    last_accessed_at: float
-    expires: float
-    payload: P
-
-
-class _Header(msgspec.Struct):
-    v: int
-    id: str = ""
-
-
-@final
-class CorruptRecordError(ValueError):
-    """A stored record cannot be decoded: truncated, not ours, the wrong schema, or a format
-    version this engine does not read."""
 
 
 @final
@@ -61,14 +39,12 @@ class Codec(Generic[P]):
     """Encodes and decodes :class:`StoredSession` records and validates payloads, for one
     payload type. One reused encoder and decoder (msgspec's fast path)."""
 
-    __slots__ = ("_decoder", "_encoder", "_payload_decoder", "payload_type")
+    __slots__ = ("_encoder", "_payload_decoder", "_records", "payload_type")
 
     def __init__(self, payload_type: type[P]) -> None:
         self.payload_type = payload_type
         self._encoder = msgspec.json.Encoder()
-        self._decoder: msgspec.json.Decoder[StoredSession[P]] = msgspec.json.Decoder(
-            StoredSession[payload_type]  # type: ignore[valid-type]
-        )
+        self._records: RecordDecoder[P] = RecordDecoder(payload_type)
         if not (
             isinstance(payload_type, type)
             and (
@@ -100,29 +76,7 @@ class Codec(Generic[P]):
 
     def decode(self, data: bytes) -> StoredSession[P]:
         """Decode one record, or raise :class:`CorruptRecordError` saying why not."""
-        try:
-            record = self._decoder.decode(data)
-        except RecursionError:
-            raise CorruptRecordError("record nested too deeply") from None
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            try:
-                header = msgspec.json.decode(data, type=_Header)
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                raise CorruptRecordError(f"not a session record: {exc}") from None
-            if header.v != FORMAT_VERSION:
-                raise CorruptRecordError(
-                    f"format version {header.v} (this engine reads {FORMAT_VERSION})"
-                ) from None
-            raise CorruptRecordError(f"invalid session record: {exc}") from None
-        if record.v != FORMAT_VERSION:
-            raise CorruptRecordError(
-                f"format version {record.v} (this engine reads {FORMAT_VERSION})"
-            )
-        try:
-            validate_session_id(record.id)
-        except InvalidSessionIdError as exc:
-            raise CorruptRecordError(str(exc)) from None
-        return record
+        return self._records.decode(data)
 
     def check_payload(self, payload: object) -> P:
         """Return a private, validated copy of *payload*, or raise :class:`PayloadError`.

@@ -22,7 +22,7 @@ from typing import Generic, TypeVar, final
 
 import msgspec
 
-from ._store import Put
+from .storage._protocol import Put
 
 __all__ = ["Cause", "Entry", "SessionTable"]
 

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, Final, Generic, Protocol, TypeVar, cast, final, overload
+from contextlib import asynccontextmanager
+from typing import Any, Final, Generic, Protocol, TypeVar, cast, final
 
 import attrs
 import outcome
@@ -24,7 +23,6 @@ import trio
 from ._codec import Codec, StoredSession
 from ._config import EngineConfig
 from ._core import Cause, Entry, SessionTable
-from ._directory import DirectoryStore
 from ._errors import (
     EngineClosedError,
     InvalidSessionIdError,
@@ -33,10 +31,9 @@ from ._errors import (
     StorageResetError,
 )
 from ._ids import validate_session_id
-from ._payload import ConnectionConfig
-from ._store import Put, Store
+from .storage._protocol import Put, Store
 
-__all__ = ["Engine", "SessionInfo", "Statistics", "open_engine"]
+__all__ = ["Engine", "SessionInfo", "Statistics", "run_engine", "wall_clock"]
 
 log = logging.getLogger("engine")
 
@@ -682,7 +679,7 @@ class Engine(Generic[P]):
                 waiter.settle(error)
 
 
-def _wall_clock(wall_time: Callable[[], float]) -> Callable[[], float]:
+def wall_clock(wall_time: Callable[[], float]) -> Callable[[], float]:
     """Wall-clock seconds derived from one anchor plus trio's clock, so a MockClock drives both
     scheduling and the persisted timestamps."""
     anchor = wall_time() - trio.current_time()
@@ -690,61 +687,20 @@ def _wall_clock(wall_time: Callable[[], float]) -> Callable[[], float]:
     return lambda: anchor + current_time()
 
 
-@overload
-def open_engine(
-    config: EngineConfig,
-    *,
-    store: Store | None = None,
-    wall_time: Callable[[], float] = time.time,
-) -> AbstractAsyncContextManager[Engine[ConnectionConfig]]: ...
-
-
-@overload
-def open_engine(
-    config: EngineConfig,
-    *,
-    payload_type: type[P],
-    store: Store | None = None,
-    wall_time: Callable[[], float] = time.time,
-) -> AbstractAsyncContextManager[Engine[P]]: ...
-
-
-def open_engine(
-    config: EngineConfig,
-    *,
-    payload_type: type[Any] = ConnectionConfig,
-    store: Store | None = None,
-    wall_time: Callable[[], float] = time.time,
-) -> AbstractAsyncContextManager[Engine[Any]]:
-    """Open an engine: load what storage holds, start the actor, yield the :class:`Engine`.
-
-    Storage is *store* if given, else a :class:`~engine.DirectoryStore` on
-    ``config.storage_dir``, else none (memory only). *payload_type* is any attrs class or msgspec
-    Struct; payloads round-trip exactly through storage. *wall_time* is read once, as the anchor
-    for persisted timestamps (tests pass a fake to simulate time between runs).
-
-    Opening raises :class:`~engine.StorageLockedError` if another engine holds the storage.
-    Leaving the block (also by an exception or cancellation) stops taking requests, applies the
-    ones already queued, flushes every dirty session and waits for the writes (shielded, at
-    most ``config.close_timeout`` seconds), then releases storage.
-    """
-    return _open_engine(config, payload_type, store, wall_time)
-
-
 @asynccontextmanager
-async def _open_engine(
+async def run_engine(
     config: EngineConfig,
     payload_type: type[P],
     store: Store | None,
     wall_time: Callable[[], float],
 ) -> AsyncIterator[Engine[P]]:
+    """The engine's lifecycle behind :func:`engine.open_engine`: open *store*, load it, run the
+    actor, the writer and the tickers, and close (see ``open_engine`` for the contract)."""
     codec = Codec(payload_type)
-    if store is None and config.storage_dir is not None:
-        store = DirectoryStore(config.storage_dir)
     if store is not None:
         await store.open()
     try:
-        engine = Engine(config, codec, store, _wall_clock(wall_time))
+        engine = Engine(config, codec, store, wall_clock(wall_time))
         await engine._load()
         async with _unwrap_single(), _abandoning(engine), trio.open_nursery() as nursery:
             engine._nursery = nursery

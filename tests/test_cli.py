@@ -16,7 +16,7 @@ import trio
 
 from engine import EngineConfig, open_engine
 from engine._cli import EXIT_LOCKED, EXIT_MISSING, EXIT_NOT_A_STORE, main
-from engine._server_payload import McpSession, connection_from_query
+from engine.mcp._session import McpSession, connection_from_query
 
 
 def _make_store(path: Path) -> tuple[list[str], list[str]]:

@@ -12,8 +12,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from engine._codec import Codec
 from engine._core import Cause, Entry, SessionTable
-from engine._payload import ConnectionConfig
-from engine._store import Put
+from engine.mcp._payload import ConnectionConfig
+from engine.storage._protocol import Put
 
 CODEC = Codec(ConnectionConfig)
 

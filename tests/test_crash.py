@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import trio
 
-import engine._directory
+import engine.storage._directory
 from engine import ConnectionConfig, DirectoryStore, EngineConfig, open_engine
 
 from .crash_worker import check_recovered
@@ -106,7 +106,7 @@ def test_sigkill_at_random_moments(tmp_path: Path) -> None:
 
 
 class SimOs:
-    """Stands in for ``os`` in ``engine._directory``: performs every call for real (except
+    """Stands in for ``os`` in ``engine.storage._directory``: performs every call for real (except
     ``fsync``, which only updates the model), and models what would survive a power cut: a file's
     content survives only as of its last ``fsync``, a name in the folder only as of the folder's
     last ``fsync``. Just before filesystem operation number *crash_at* it snapshots that durable
@@ -252,12 +252,12 @@ def run_simulated(tmp: Path, crash_at: int | None, persist_requests: int) -> Sim
     folder.mkdir(parents=True)
     log: list[str] = []
     sim = SimOs(os, folder, crash_at, log)
-    saved = engine._directory.__dict__["os"]
-    setattr(engine._directory, "os", sim)  # noqa: B010
+    saved = engine.storage._directory.__dict__["os"]
+    setattr(engine.storage._directory, "os", sim)  # noqa: B010
     try:
         trio.run(scripted_workload, folder, log, persist_requests)
     finally:
-        setattr(engine._directory, "os", saved)  # noqa: B010
+        setattr(engine.storage._directory, "os", saved)  # noqa: B010
     return sim
 
 

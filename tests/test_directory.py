@@ -12,7 +12,7 @@ import trio
 
 from engine import FORMAT_VERSION, ConnectionConfig, DirectoryStore, EngineConfig, open_engine
 from engine._codec import Codec
-from engine._directory import file_name_for
+from engine.storage._directory import file_name_for
 
 T0 = 1_800_000_000.0
 CODEC = Codec(ConnectionConfig)

@@ -31,7 +31,7 @@ from engine import (
     new_session_id,
     open_engine,
 )
-from engine._directory import file_name_for
+from engine.storage._directory import file_name_for
 
 T0 = 1_800_000_000.0
 
@@ -392,7 +392,7 @@ async def test_memory_only_touches_no_disk(tmp_path: Path, monkeypatch: pytest.M
     def no_disk(*args: object, **kwargs: object) -> None:
         raise AssertionError("memory-only engine touched the disk")
 
-    monkeypatch.setattr(engine._directory, "_write_atomic", no_disk)
+    monkeypatch.setattr(engine.storage._directory, "_write_atomic", no_disk)
     async with open_engine(EngineConfig(persist_requests=1)) as e:
         await e.create("s", RICH)
         for _ in range(5):
@@ -606,7 +606,7 @@ async def test_every_error_is_a_checkpoint(tmp_path: Path) -> None:
 async def test_a_close_that_gives_up_fails_waiting_callers(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    from tests.fakes import MemoryStore
+    from engine.testing import MemoryStore
 
     class HangingStore(MemoryStore):
         hang = False

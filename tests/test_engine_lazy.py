@@ -12,7 +12,7 @@ import trio.testing
 
 from engine import ConnectionConfig, EngineConfig, Put, StorageError, WriteBatch, open_engine
 from engine._codec import Codec
-from engine._store import LoadedRecord
+from engine.storage._protocol import LoadedRecord
 
 R = TypeVar("R", bound=LoadedRecord)
 T0 = 1_800_000_000.0

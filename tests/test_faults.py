@@ -1,9 +1,9 @@
 """Storage faults under a running engine: it keeps serving from memory, counts and logs the
 failure, retries, and loses nothing that was already persisted.
 
-Faults are injected by replacing ``os`` in ``engine._directory`` with :class:`FaultyOs`, which
-performs the real call unless a fault is armed for it (real files, real folder; no mocks of the
-engine). The folder-removed case removes the real folder.
+Faults are injected by replacing ``os`` in ``engine.storage._directory`` with
+:class:`FaultyOs`, which performs the real call unless a fault is armed for it (real files,
+real folder; no mocks of the engine). The folder-removed case removes the real folder.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import msgspec
 import pytest
 import trio
 
-import engine._directory
+import engine.storage._directory
 from engine import ConnectionConfig, EngineConfig, StorageError, open_engine
 
 P1 = ConnectionConfig(tags=("one",))
@@ -79,7 +79,7 @@ class FaultyOs:
 @pytest.fixture
 def faulty(monkeypatch: pytest.MonkeyPatch) -> FaultyOs:
     fake = FaultyOs(os)
-    monkeypatch.setattr(engine._directory, "os", fake)
+    monkeypatch.setattr(engine.storage._directory, "os", fake)
     return fake
 
 

@@ -30,7 +30,7 @@ from engine import (
     TagExpression,
     open_engine,
 )
-from engine._directory import file_name_for
+from engine.storage._directory import file_name_for
 
 from .strategies import LONG, hostile_ids, is_valid_id, payloads
 

@@ -25,8 +25,8 @@ from hypothesis import strategies as st
 
 from engine import ConnectionConfig, EngineConfig, open_engine
 from engine._engine import _CREATE, _DELETE, _GET, _GET_TOUCH, _INFO, _TOUCH, Engine
+from engine.testing import MemoryStore
 
-from .fakes import MemoryStore
 from .strategies import pool_ids, simple_payloads
 
 TTL = 10.0

@@ -15,8 +15,8 @@ import trio
 import trio.testing
 
 from engine import ConnectionConfig, Engine, EngineConfig, open_engine
+from engine.testing import MemoryStore
 
-from .fakes import MemoryStore
 from .strategies import LONG
 
 SCALE = int(os.environ.get("LOAD_SCALE", "10" if LONG else "1"))

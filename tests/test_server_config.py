@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from engine import ConfigError, TagExpression
-from engine._server_config import load_server_config
-from engine._server_payload import (
+from engine.mcp._config import load_server_config
+from engine.mcp._session import (
     TagFilterError,
     connection_from_query,
     parse_tag_expression,

@@ -30,9 +30,9 @@ from hypothesis import strategies as st
 
 from engine import ConnectionConfig, DirectoryStore, EngineConfig, Put, WriteBatch, open_engine
 from engine._codec import Codec
-from engine._directory import SUFFIX, file_name_for
+from engine.storage._directory import SUFFIX, file_name_for
+from engine.testing import record_times
 
-from .fakes import record_times
 from .strategies import LONG, POOL, pool_ids, simple_payloads
 
 

@@ -24,9 +24,9 @@ from typing import Final, TypeVar, final
 import attrs
 import trio
 
-from ._codec import MAX_RECORD_BYTES
-from ._errors import StorageError, StorageLockedError, StorageResetError
-from ._store import LoadedRecord, WriteBatch
+from .._errors import StorageError, StorageLockedError, StorageResetError
+from ._protocol import LoadedRecord, WriteBatch
+from ._records import MAX_RECORD_BYTES
 
 __all__ = ["DirectoryStore", "LoadReport", "file_name_for"]
 

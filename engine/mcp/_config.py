@@ -13,8 +13,8 @@ from typing import Any, Final, final
 
 import attrs
 
-from ._config import EngineConfig
-from ._errors import ConfigError
+from .._config import EngineConfig
+from .._errors import ConfigError
 
 __all__ = ["DEFAULT_STORAGE_DIR", "ServerConfig", "load_server_config"]
 

@@ -37,12 +37,13 @@ if TYPE_CHECKING:  # hypercorn is imported when serving, not by ``import engine`
         Scope,
     )
 
-from ._engine import Statistics, open_engine
-from ._errors import EngineClosedError, InvalidSessionIdError, StorageError
-from ._ids import new_session_id, validate_session_id
+from .._engine import Statistics
+from .._errors import EngineClosedError, InvalidSessionIdError, StorageError
+from .._ids import new_session_id, validate_session_id
+from .._open import open_engine
+from ._config import ServerConfig
 from ._metrics import Metrics
-from ._server_config import ServerConfig
-from ._server_payload import McpSession, TagFilterError, connection_from_query
+from ._session import McpSession, TagFilterError, connection_from_query
 
 __all__ = [
     "LATEST_PROTOCOL_VERSION",
@@ -436,7 +437,7 @@ def _sessions(n: int) -> str:
 
 
 def _version() -> str:
-    from . import __version__
+    from .. import __version__
 
     return __version__
 

@@ -10,7 +10,7 @@ from bisect import bisect_left
 from collections import defaultdict
 from typing import Final, final
 
-from ._engine import Statistics
+from .._engine import Statistics
 
 __all__ = ["LATENCY_BUCKETS", "Metrics"]
 

@@ -1,4 +1,4 @@
-"""Test doubles for the contract tests: an in-loop storage fake implementing ``engine.Store``.
+"""An in-memory store for tests and benchmarks: an in-loop ``engine.storage.Store``.
 
 It does no I/O and runs on the event loop (no worker threads), so trio's ``MockClock`` drives it
 without ``wait_all_threads_completed``, and Hypothesis makes its scheduling reproducible. Hooks let
@@ -7,14 +7,15 @@ a test delay a batch's completion and fail chosen operations.
 
 from __future__ import annotations
 
+__all__ = ["MemoryStore", "record_times"]
+
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 import msgspec
 import trio
 
-from engine import Put, WriteBatch
-from engine._store import LoadedRecord
+from ..storage._protocol import LoadedRecord, Put, WriteBatch
 
 R = TypeVar("R", bound=LoadedRecord)
 

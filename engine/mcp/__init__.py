@@ -1,0 +1,27 @@
+"""The MCP layer: the reference streamable-HTTP server, its settings, its session payload types
+(:class:`ConnectionConfig`, :class:`McpSession`, tag expressions) and its metrics.
+
+Built on the public API of :mod:`engine`; nothing below it imports this package.
+"""
+
+from ._config import ServerConfig as ServerConfig
+from ._config import load_server_config as load_server_config
+from ._payload import ConnectionConfig as ConnectionConfig
+from ._payload import TagExpression as TagExpression
+from ._payload import TagFilterMode as TagFilterMode
+from ._payload import TagQuery as TagQuery
+from ._server import McpApp as McpApp
+from ._server import serve as serve
+from ._session import McpSession as McpSession
+
+__all__ = [
+    "ConnectionConfig",
+    "McpApp",
+    "McpSession",
+    "ServerConfig",
+    "TagExpression",
+    "TagFilterMode",
+    "TagQuery",
+    "load_server_config",
+    "serve",
+]
