@@ -203,7 +203,7 @@ def discover_probe(version: str = "2026-07-28") -> tuple[dict[str, str], dict[st
         "mcp-protocol-version": version,
         "mcp-method": "server/discover",
     }
-    body = {
+    body: dict[str, Any] = {
         "jsonrpc": "2.0",
         "id": 1,
         "method": "server/discover",

@@ -7,7 +7,7 @@ from __future__ import annotations
 import signal
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import mcp.types
@@ -290,7 +290,7 @@ async def test_a_delete_during_a_tool_call_is_not_undone(tmp_path: Path) -> None
     async with open_engine(config.engine, payload_type=McpSession) as engine:
         sessions = PausingSessions(engine)
         app = McpApp(sessions, config, live_sessions=lambda: engine.statistics().live_sessions)
-        transport = httpx.ASGITransport(app=app)
+        transport = httpx.ASGITransport(app=cast(Any, app))  # ASGI typing differs
         async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
             r = await client.post("/mcp", json=initialize_body(), headers=HEADERS)
             sid = r.headers["mcp-session-id"]
