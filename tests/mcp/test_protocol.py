@@ -167,13 +167,14 @@ def test_a_message_with_a_null_id_is_not_a_request(
 ) -> None:
     sid = initialize(client, server.url)
     before = live_sessions(client, server)
-    for body in (
+    bodies: tuple[dict[str, Any], ...] = (
         {"jsonrpc": "2.0", "id": None, "method": "ping"},
         {"jsonrpc": "2.0", "id": None, "method": "tools/list"},
         {"jsonrpc": "2.0", "id": None, "method": "notifications/initialized"},
         {"jsonrpc": "2.0", "id": None, "result": {}},  # a result names its request
         {"jsonrpc": "2.0", "id": 1, "method": "ping", "result": {}},
-    ):
+    )
+    for body in bodies:
         r = post_json(client, server, body, sid)
         assert r.status_code == 400, (body, r.text)
         assert r.json() == {
