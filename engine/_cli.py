@@ -25,12 +25,10 @@ import msgspec
 import trio
 
 from ._codec import FORMAT_VERSION, StoredSession
-from ._config import EngineConfig
+from ._demo import DEFAULT_DEMO_DIR, run_demo
 from ._errors import ConfigError, StorageError, StorageLockedError
-from ._ids import new_session_id
-from ._open import open_engine
 from .mcp._config import ServerConfig, load_server_config
-from .mcp._payload import ConnectionConfig, TagExpression
+from .mcp._payload import ConnectionConfig
 from .mcp._session import summarize
 from .storage._directory import (
     LOCK_NAME,
@@ -57,39 +55,6 @@ EXIT_MISSING: Final = 3
 EXIT_LOCKED: Final = 4
 EXIT_NOT_A_STORE: Final = 5
 EXIT_BAD_CONFIG: Final = 6
-
-
-async def _demo(storage_dir: Path) -> None:
-    config = EngineConfig(storage_dir=storage_dir, persist_requests=3)
-    print(f"storage folder: {storage_dir}")
-    async with open_engine(config) as engine:
-        before = engine.statistics().live_sessions
-        print(f"opened: {before} session(s) loaded from earlier runs")
-        session_id = new_session_id()
-        payload = ConnectionConfig(
-            tags=("web", "api"),
-            tag_expression=TagExpression(
-                "and", children=(TagExpression("tag", "web"), TagExpression("tag", "api"))
-            ),
-            tag_filter_mode="advanced",
-        )
-        await engine.create(session_id, payload)
-        print(f"created {session_id} with tags {payload.tags}")
-        print(f"get  -> tags {(await engine.get(session_id) or payload).tags}")
-        for n in range(1, 6):
-            ok = await engine.touch(session_id)
-            print(f"touch {n} -> {ok}")
-        stats = engine.statistics()
-        print(f"writes so far: {stats.persists} (3 touches trigger a persist)")
-        print("closing the engine (final flush) ...")
-    print("reopening from the same folder ...")
-    async with open_engine(config) as engine:
-        info = await engine.info(session_id)
-        assert info is not None, "the session did not survive the restart"
-        print(f"after restart: {session_id} is live, tags {info.payload.tags}")
-        print(f"  created {info.created_at:.3f}, last access {info.last_accessed_at:.3f}")
-        print(f"  live sessions now: {engine.statistics().live_sessions}")
-    print("run this command again: the sessions of this run will be loaded too")
 
 
 class _CliError(Exception):
@@ -449,9 +414,18 @@ def _parser() -> argparse.ArgumentParser:
             )
 
     demo = commands.add_parser(
-        "demo", help="create, get, touch, restart and get again, printing each step"
+        "demo",
+        help="create, get, touch, restart and get again, printing each step",
+        description="Create a session, get and touch it, close the engine, reopen it from the "
+        f"same folder and show the session survived. Uses its own folder (./{DEFAULT_DEMO_DIR}), "
+        "so it runs beside a server that holds ./sessions.",
     )
-    demo.add_argument("--dir", type=Path, default=Path("sessions"), help="storage folder")
+    demo.add_argument(
+        "--dir",
+        type=Path,
+        default=DEFAULT_DEMO_DIR,
+        help=f"storage folder (default ./{DEFAULT_DEMO_DIR})",
+    )
     return parser
 
 
@@ -467,7 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _stats(args)
         if args.command == "purge":
             return _purge(args)
-        trio.run(_demo, args.dir.resolve())
+        trio.run(run_demo, args.dir.resolve())
     except _CliError as exc:
         print(f"engine {args.command}: {exc}", file=sys.stderr)
         return exc.code

@@ -1,0 +1,55 @@
+"""The README's first steps, in order, as a new user runs them in one folder: ``serve`` (sessions in
+./sessions), a session over HTTP, ``demo`` while the server still runs, a server restart, and
+``demo`` again. Every step must succeed, and the server must not find (and quarantine) anything
+of the demo's."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from .test_server_support import ServerProcess, call, initialize
+
+
+def run_demo(cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "engine", "demo"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_readme_steps_work_in_order(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "sessions", cwd=tmp_path)  # default folder ./sessions
+    server.start()
+    try:
+        assert f"storage: {tmp_path / 'sessions'}" in server.output[-1]
+        with httpx.Client(timeout=20) as client:
+            sid = initialize(client, server.url)
+
+            demo = run_demo(tmp_path)  # the server still holds ./sessions
+            assert demo.returncode == 0, demo.stderr
+            assert f"storage folder: {tmp_path / 'demo-sessions'}" in demo.stdout
+            assert "opened: 0 sessions loaded" in demo.stdout
+            assert "is live" in demo.stdout
+
+            server.restart(signal.SIGTERM)
+            assert "engine: stopped; 1 session saved" in server.output[-2]
+            assert "1 session loaded" in server.output[-1]
+            assert call(client, server.url, sid, "ping").status_code == 200
+
+        demo = run_demo(tmp_path)
+        assert demo.returncode == 0, demo.stderr
+        assert "opened: 1 session loaded from earlier runs" in demo.stdout
+    finally:
+        code, _, err = server.stop()
+    assert code == 0, err
+    assert "quarantine" not in err
+    assert not (tmp_path / "sessions" / ".quarantine").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo-sessions", "sessions"]
