@@ -117,6 +117,11 @@ def _serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _count(n: int, noun: str) -> str:
+    """``1 session``, ``2 sessions``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _single(exc: BaseException) -> BaseException:
     """The one exception inside nested single-member exception groups, else *exc*."""
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
@@ -335,7 +340,10 @@ def _purge(args: argparse.Namespace) -> int:
         scan = _scan(path, time.time())
         for record in scan.expired:
             print(f"would remove {record.id} (expired {_when(record.expires)})")
-        print(f"{len(scan.expired)} expired sessions would be removed; {len(scan.live)} live kept")
+        print(
+            f"{_count(len(scan.expired), 'expired session')} would be removed; "
+            f"{len(scan.live)} live kept"
+        )
         return EXIT_OK
 
     async def purge() -> DirectoryStore:
@@ -358,8 +366,9 @@ def _purge(args: argparse.Namespace) -> int:
         raise _CliError(EXIT_ERROR, str(exc)) from None
     report = store.report
     print(
-        f"removed {report.expired_removed} expired sessions and {report.temp_removed} stale "
-        f"temp files; {report.loaded} live sessions kept"
+        f"removed {_count(report.expired_removed, 'expired session')} and "
+        f"{_count(report.temp_removed, 'stale temp file')}; "
+        f"{_count(report.loaded, 'live session')} kept"
     )
     for name, why in report.quarantined:
         print(f"quarantined {name}: {why}")

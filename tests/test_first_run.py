@@ -11,6 +11,9 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
+
+from engine._cli import main
 
 from .test_server_support import ServerProcess, call, initialize
 
@@ -53,3 +56,19 @@ def test_readme_steps_work_in_order(tmp_path: Path) -> None:
     assert "quarantine" not in err
     assert not (tmp_path / "sessions" / ".quarantine").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo-sessions", "sessions"]
+
+
+def test_counts_of_one_are_singular(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "demo"
+    assert main(["demo", "--dir", str(folder)]) == 0
+    assert "opened: 0 sessions loaded" in capsys.readouterr().out
+    assert main(["demo", "--dir", str(folder)]) == 0
+    assert "opened: 1 session loaded" in capsys.readouterr().out
+    assert main(["purge", str(folder), "--dry-run"]) == 0
+    assert "0 expired sessions would be removed; 2 live kept" in capsys.readouterr().out
+    other = tmp_path / "one"
+    assert main(["demo", "--dir", str(other)]) == 0
+    capsys.readouterr()
+    assert main(["purge", str(other)]) == 0
+    out = capsys.readouterr().out
+    assert "removed 0 expired sessions and 0 stale temp files; 1 live session kept" in out

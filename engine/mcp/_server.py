@@ -661,15 +661,24 @@ async def serve(
                         flush=True,
                     )
                 task_status.started(binds)
-        log.info("server stopped; final flush of %d sessions", engine.statistics().dirty_sessions)
-    if announce is not None:
-        stats = engine.statistics()
-        print(
-            f"engine: stopped; {_sessions(stats.live_sessions)} saved "
-            f"({stats.storage_errors} storage errors)",
-            file=announce,
-            flush=True,
+        before = engine.statistics()
+        log.info(
+            "server stopped; closing the engine: %s, %d with changes not yet written",
+            _sessions(before.live_sessions),
+            before.dirty_sessions,
         )
+    stats = engine.statistics()
+    written = stats.storage_writes - before.storage_writes
+    log.info("engine closed; the final flush wrote %s", _sessions(written))
+    if announce is not None:
+        if config.engine.storage_dir is None:
+            outcome = f"{_sessions(stats.live_sessions)} dropped (memory only)"
+        else:
+            outcome = (
+                f"{_sessions(stats.live_sessions)} saved ({written} written at shutdown, "
+                f"{stats.storage_errors} storage errors)"
+            )
+        print(f"engine: stopped; {outcome}", file=announce, flush=True)
 
 
 async def _serve_app(
