@@ -118,7 +118,7 @@ def test_purge_removes_expired_sessions_only(
 
     assert main(["purge", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "removed 1 expired sessions" in out
+    assert "removed 1 expired session and" in out
     assert "quarantined stream-bad.session" in out
     assert not (path / f"{expired[0]}.session").exists()
     for sid in live:

@@ -7,11 +7,13 @@ client falls back to ``initialize``)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from importlib.metadata import version as distribution_version
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import trio
 
 from engine.mcp._protocol import (
     MODERN_ERROR_CODES,
@@ -29,6 +31,8 @@ from ..test_server_support import (
     initialize_body,
     run_server,
 )
+
+MCP_MAJOR = int(distribution_version("mcp").split(".")[0])
 
 
 @pytest.fixture(scope="module")
@@ -259,26 +263,26 @@ def test_server_discover_probe_is_told_to_fall_back(
     assert (r.status_code, r.json()["error"]["code"]) == (200, -32601)
 
 
+@pytest.mark.skipif(
+    MCP_MAJOR < 2, reason="the installed mcp client (1.x) does not probe with server/discover"
+)
 async def test_current_mcp_client_falls_back_to_the_handshake(tmp_path: Path) -> None:
     """The official Python SDK's client of the current major (2.x, ``mode="auto"``) probes with
     ``server/discover``, falls back to ``initialize`` on this server's answer, and works."""
-    mcp = pytest.importorskip("mcp")
-    from importlib.metadata import version
+    import mcp
 
-    if int(version("mcp").split(".")[0]) < 2:
-        pytest.skip("the installed mcp client (1.x) does not probe with server/discover")
-    import trio
-
-    client_class: Any = mcp.Client
+    client_class: Any = getattr(mcp, "Client")  # noqa: B009 - absent from 1.x
     server = ServerProcess(tmp_path / "sessions")
     await trio.to_thread.run_sync(server.start)
     try:
         async with client_class(server.url) as client:
             assert client.session.protocol_version == "2025-11-25"
             names = {tool.name for tool in (await client.list_tools()).tools}
-            assert "count" in names
+            assert names == {"count", "remember", "recall", "session_info"}
             result = await client.call_tool("count", {"by": 2})
             assert result.structured_content == {"count": 2}
+            result = await client.call_tool("count")
+            assert result.structured_content == {"count": 3}
     finally:
         code, _, err = await trio.to_thread.run_sync(server.stop)
     assert code == 0, err
