@@ -169,13 +169,15 @@ def is_modern_request(message: Message, version_header: str | None) -> bool:
 def handshake_only_error(requested: str | None) -> dict[str, Any]:
     """The JSON-RPC error object for a request of the 2026-07-28 era (sent with HTTP 400): a
     plain ``Invalid Request`` (not one of :data:`MODERN_ERROR_CODES`, so a dual-era client falls
-    back to ``initialize``) naming the versions this server speaks, for clients that show it."""
-    asked = f"protocol version {requested!r}" if requested else "requests without initialize"
+    back to ``initialize``) naming the versions this server speaks, for clients that show it.
+    *requested* is the protocol version the request named, if any (echoed shortened)."""
+    requested = None if requested is None else requested[:64]
+    unsupported = f"unsupported protocol version {requested!r}; " if requested is not None else ""
     return {
         "code": INVALID_REQUEST,
         "message": (
-            f"Bad Request: unsupported {asked}: this server speaks "
-            f"{', '.join(SUPPORTED_PROTOCOL_VERSIONS)} with the initialize handshake; "
+            f"Bad Request: {unsupported}this server speaks "
+            f"{', '.join(SUPPORTED_PROTOCOL_VERSIONS)} with the initialize handshake: "
             "send initialize to open a session"
         ),
         "data": {"supported": list(SUPPORTED_PROTOCOL_VERSIONS), "requested": requested},

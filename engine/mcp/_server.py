@@ -134,6 +134,14 @@ def _result_body(request_id: object, result: object) -> bytes:
     return _encoder.encode({"jsonrpc": "2.0", "id": request_id, "result": result})
 
 
+def _printable(text: str) -> str:
+    """*text* with control characters, spaces and other non-printables escaped, so a client
+    cannot forge or break log lines (paths are percent-decoded, methods are JSON strings)."""
+    if text.isprintable() and " " not in text:
+        return text
+    return text.encode("unicode_escape").decode("ascii").replace(" ", "\\x20")
+
+
 def _log_request(scope: HTTPScope, response: _Response | None, start: float) -> None:
     """The debug line of one request: HTTP method, path, JSON-RPC method, status (499: the
     client went away), duration and a fingerprint of the session id, never the id."""
@@ -147,9 +155,11 @@ def _log_request(scope: HTTPScope, response: _Response | None, start: float) -> 
                 session = value
     log.debug(
         "%s %s%s -> %d in %.1f ms%s",
-        scope["method"],
-        scope["path"],
-        f" {response.rpc_method[:60]}" if response is not None and response.rpc_method else "",
+        _printable(scope["method"][:20]),
+        _printable(scope["path"][:100]),
+        f" {_printable(response.rpc_method[:60])}"
+        if response is not None and response.rpc_method
+        else "",
         499 if response is None else response.status,
         (trio.current_time() - start) * 1000,
         f" session {fingerprint(session)}" if session is not None else "",

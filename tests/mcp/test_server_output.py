@@ -26,6 +26,7 @@ def test_debug_logs_one_line_per_request_without_session_ids(tmp_path: Path) -> 
         with httpx.Client(timeout=20) as client:
             sid = initialize(client, server.url)  # initialize + notifications/initialized
             call(client, server.url, sid, "tools/call", 3, {"name": "count"})
+            call(client, server.url, sid, "x\nFORGED line")  # a client-made log line?
             call(client, server.url, "stream-00000000-0000-4000-8000-000000000000", "ping")
             client.get(server.base + "/healthz")
             assert client.delete(server.url, headers={"mcp-session-id": sid}).status_code == 204
@@ -34,6 +35,7 @@ def test_debug_logs_one_line_per_request_without_session_ids(tmp_path: Path) -> 
         code, _, err = server.stop()
     assert code == 0, err
     assert sid not in err
+    assert not any(line.startswith("FORGED") for line in err.splitlines())
     assert sid.removeprefix("stream-") not in err
     requests = [m.groupdict() for line in err.splitlines() if (m := _REQUEST_LINE.search(line))]
     mine = fingerprint(sid)
@@ -41,6 +43,7 @@ def test_debug_logs_one_line_per_request_without_session_ids(tmp_path: Path) -> 
         ("POST", "/mcp", "initialize", "200", mine),
         ("POST", "/mcp", "notifications/initialized", "202", mine),
         ("POST", "/mcp", "tools/call", "200", mine),
+        ("POST", "/mcp", "x\\nFORGED\\x20line", "200", mine),
         ("POST", "/mcp", "ping", "404", fingerprint("stream-00000000-0000-4000-8000-000000000000")),
         ("GET", "/healthz", None, "200", None),
         ("DELETE", "/mcp", None, "204", mine),

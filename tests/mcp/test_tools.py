@@ -4,6 +4,8 @@ HTTP; concurrent calls on one session lose no update and never bring a deleted s
 
 from __future__ import annotations
 
+import errno
+import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +21,7 @@ from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import McpError
 
+import engine.storage._directory
 from engine import (
     Engine,
     EngineConfig,
@@ -31,6 +34,7 @@ from engine import (
 from engine.mcp._session import McpSession as SessionPayload
 from engine.mcp._tools import MAX_NOTE_CHARS, ToolCallError, call_tool, list_tools
 
+from ..test_faults import FaultyOs
 from ..test_server_support import (
     HEADERS,
     PROTOCOL,
@@ -318,3 +322,45 @@ async def test_a_delete_during_a_tool_call_is_not_undone(tmp_path: Path) -> None
             r = await client.post("/mcp", json=body, headers=headers)
             assert r.status_code == 404
         assert not session_file(tmp_path / "sessions", sid).exists()
+
+
+async def test_a_tool_write_that_storage_refuses_has_no_effect(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing is acknowledged that is not durable: a tool call whose write fails answers 503
+    with ``Retry-After``, and the session keeps its previous state (in memory and, once storage
+    works again, on disk)."""
+    faulty = FaultyOs(os)
+    monkeypatch.setattr(engine.storage._directory, "os", faulty)
+    folder = tmp_path / "sessions"
+    config = ServerConfig(
+        engine=EngineConfig(storage_dir=folder, retry_interval=0.01, close_timeout=5)
+    )
+    async with open_engine(config.engine, payload_type=McpSession) as sessions:
+        app = McpApp(sessions, config, live_sessions=lambda: sessions.statistics().live_sessions)
+        transport = httpx.ASGITransport(app=cast(Any, app))
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+            r = await client.post("/mcp", json=initialize_body(), headers=HEADERS)
+            sid = r.headers["mcp-session-id"]
+            headers = {**HEADERS, "mcp-session-id": sid, "mcp-protocol-version": PROTOCOL}
+
+            async def count() -> httpx.Response:
+                body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call"}
+                return await client.post(
+                    "/mcp", json={**body, "params": {"name": "count"}}, headers=headers
+                )
+
+            assert (await count()).json()["result"]["structuredContent"] == {"count": 1}
+            faulty.fault = ("write", errno.ENOSPC)
+            r = await count()
+            assert r.status_code == 503
+            assert r.headers["retry-after"] == "1"
+            assert r.json()["error"]["code"] == -32002
+            session = await sessions.get(sid)
+            assert session is not None and session.counter == 1  # the failed call: no effect
+            faulty.fault = None
+            assert (await count()).json()["result"]["structuredContent"] == {"count": 2}
+    stored = msgspec.json.decode(
+        session_file(folder, sid).read_bytes(), type=StoredSession[McpSession]
+    )
+    assert stored.payload.counter == 2
