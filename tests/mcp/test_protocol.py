@@ -6,6 +6,7 @@ client falls back to ``initialize``)."""
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from importlib.metadata import version as distribution_version
 from pathlib import Path
@@ -268,7 +269,8 @@ def test_server_discover_probe_is_told_to_fall_back(
 )
 async def test_current_mcp_client_falls_back_to_the_handshake(tmp_path: Path) -> None:
     """The official Python SDK's client of the current major (2.x, ``mode="auto"``) probes with
-    ``server/discover``, falls back to ``initialize`` on this server's answer, and works."""
+    ``server/discover``, falls back to ``initialize`` on this server's answer, and works: the
+    tools, with their state kept across a server restart in the same client session."""
     import mcp
 
     client_class: Any = getattr(mcp, "Client")  # noqa: B009 - absent from 1.x
@@ -281,8 +283,11 @@ async def test_current_mcp_client_falls_back_to_the_handshake(tmp_path: Path) ->
             assert names == {"count", "remember", "recall", "session_info"}
             result = await client.call_tool("count", {"by": 2})
             assert result.structured_content == {"count": 2}
+            await trio.to_thread.run_sync(server.restart, signal.SIGTERM)
             result = await client.call_tool("count")
             assert result.structured_content == {"count": 3}
+            result = await client.call_tool("remember", {"note": 5})  # invalid: a tool error
+            assert result.is_error
     finally:
         code, _, err = await trio.to_thread.run_sync(server.stop)
     assert code == 0, err
