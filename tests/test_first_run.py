@@ -5,6 +5,7 @@ of the demo's."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -72,3 +73,41 @@ def test_counts_of_one_are_singular(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["purge", str(other)]) == 0
     out = capsys.readouterr().out
     assert "removed 0 expired sessions and 0 stale temp files; 1 live session kept" in out
+
+
+def test_the_command_line_leaves_without_interpreter_teardown(tmp_path: Path) -> None:
+    """``python -m engine`` exits as soon as its command returned (shutdown used to spend most of
+    its time, up to seconds on a loaded machine, tearing the interpreter down after the engine
+    had closed), with its output complete and its exit code. An ``atexit`` hook stands for the
+    teardown: it must not run, and piped output must still all arrive."""
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    marker = tmp_path / "teardown-ran"
+    (hooks / "sitecustomize.py").write_text(
+        f"import atexit, pathlib\natexit.register(pathlib.Path({str(marker)!r}).touch)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hooks), *sys.path])}
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine", "demo", "--dir", str(tmp_path / "demo")],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("storage folder:")
+    assert proc.stdout.endswith(
+        "run this command again: the sessions of this run will be loaded too\n"
+    )
+    assert not marker.exists()
+
+    server = ServerProcess(tmp_path / "sessions", env={"PYTHONPATH": env["PYTHONPATH"]})
+    server.start()
+    code, out, err = server.stop(signal.SIGTERM)
+    assert code == 0, err
+    assert out == "engine: stopped; 0 sessions saved (0 written at shutdown, 0 storage errors)\n"
+    assert not marker.exists()
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine", "stats", str(tmp_path / "missing")],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 3  # exit codes are kept
+    assert "no such folder" in proc.stderr
