@@ -4,9 +4,10 @@ a running engine, and a folder that is not a session store."""
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,18 +53,32 @@ def store(tmp_path: Path) -> tuple[Path, list[str], list[str]]:
     return path, live, expired
 
 
+HOLD = """
+import sys, trio
+from engine import DirectoryStore
+trio.run(DirectoryStore(sys.argv[1]).open)
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
 @pytest.fixture
-def held(store: tuple[Path, list[str], list[str]]) -> Iterator[Path]:
-    """The store's lock held as a running engine holds it (another open file description)."""
+def held(store: tuple[Path, list[str], list[str]]) -> Iterator[tuple[Path, int]]:
+    """The store held by a real store in another process: (folder, its pid)."""
     path = store[0]
-    fd = os.open(path / ".lock", os.O_RDWR)
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, b"4242", 0)
-    try:
-        yield path
-    finally:
-        os.close(fd)
+    with subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        assert proc.stdout is not None and proc.stdin is not None
+        try:
+            assert proc.stdout.readline() == "held\n"
+            yield path, proc.pid
+        finally:
+            proc.stdin.close()
+            proc.wait(timeout=30)
 
 
 def test_inspect_lists_live_sessions(
@@ -128,25 +143,27 @@ def test_purge_removes_expired_sessions_only(
 
 
 def test_purge_refuses_a_folder_held_by_a_running_engine(
-    held: Path, capsys: pytest.CaptureFixture[str]
+    held: tuple[Path, int], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    before = sorted(os.listdir(held))
-    assert main(["purge", str(held)]) == EXIT_LOCKED
+    path, pid = held
+    before = sorted(os.listdir(path))
+    assert main(["purge", str(path)]) == EXIT_LOCKED
     err = capsys.readouterr().err
-    assert "in use by another engine (pid 4242)" in err
+    assert f"in use by another engine (pid {pid})" in err
     assert "stop it first" in err
-    assert sorted(os.listdir(held)) == before
+    assert sorted(os.listdir(path)) == before
 
 
 def test_inspect_and_stats_work_beside_a_running_engine(
-    held: Path, capsys: pytest.CaptureFixture[str]
+    held: tuple[Path, int], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["inspect", str(held)]) == 0
+    path, pid = held
+    assert main(["inspect", str(path)]) == 0
     captured = capsys.readouterr()
     assert "2 live" in captured.out
-    assert "running engine (pid 4242)" in captured.err
-    assert main(["stats", str(held), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["held_by_pid"] == "4242"
+    assert f"running engine (pid {pid})" in captured.err
+    assert main(["stats", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["held_by_pid"] == str(pid)
 
 
 @pytest.mark.parametrize("command", ["inspect", "stats", "purge"])
