@@ -12,7 +12,7 @@ import os
 import platform
 import statistics
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -21,12 +21,11 @@ import msgspec
 
 from engine import ConnectionConfig, StoredSession, new_session_id
 from engine._codec import Codec
-from engine.storage._directory import file_name_for
+from engine.storage import file_name_for
 
 __all__ = [
     "DEFAULT_PAYLOAD",
     "Goal",
-    "MemoryStore",
     "Table",
     "WorkloadResult",
     "format_result",
@@ -111,41 +110,6 @@ def write_session_files(folder: Path, ids: Sequence[str], now: float) -> None:
             os.write(fd, data)
         finally:
             os.close(fd)
-
-
-@attrs.define
-class MemoryStore:
-    """A :class:`~engine.Store` in memory: returns given records at open, counts writes. For
-    workloads that measure the engine, not the disk."""
-
-    records: list[Any] = attrs.Factory(list)
-    puts: int = 0
-    deletes: int = 0
-    batches: int = 0
-    preloads: bool = True
-    expires_keys: bool = False
-
-    async def open(self) -> None:
-        pass
-
-    async def load_all(self, parse: Callable[[bytes], Any], now: float) -> list[Any]:
-        records, self.records = self.records, []
-        return records
-
-    async def load_one(self, session_id: str, parse: Callable[[bytes], Any]) -> Any:
-        return None
-
-    async def write(self, batch: Mapping[str, object]) -> Mapping[str, Exception]:
-        self.batches += 1
-        for op in batch.values():
-            if op is None:
-                self.deletes += 1
-            else:
-                self.puts += 1
-        return {}
-
-    async def aclose(self) -> None:
-        pass
 
 
 def optional_module(name: str) -> Any:
