@@ -364,3 +364,28 @@ def test_an_engine_can_start_at_any_moment_of_a_probe(
     assert code == 0
     assert "open" in starts and len(starts) > 10
     assert failed == [], f"an engine could not start after {failed}"
+
+
+@pytest.mark.parametrize("case", ["folder-mode", "fifo-lock"])
+def test_serve_names_a_storage_folder_it_refuses(tmp_path: Path, case: str) -> None:
+    """Issue 9, items 10 and 16: a lock setup error escaped as a raw OSError and ``serve``
+    reported it as "cannot listen on ..."; a folder others can list was used as is."""
+    folder = tmp_path / "sessions"
+    if case == "folder-mode":
+        folder.mkdir(0o755)
+        folder.chmod(0o755)
+        expected = "has mode 0755"
+    else:
+        folder.mkdir(0o700)
+        os.mkfifo(folder / ".lock")
+        expected = "is not a regular file"
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine", "serve", "--storage-dir", str(folder), "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert expected in proc.stderr
+    assert "cannot listen" not in proc.stderr

@@ -89,13 +89,15 @@ class DirectoryStore:
         self.report = LoadReport()
         """What the last :meth:`load_all` found."""
         self._fs = fs
+        self._closed = False
         self._lock_fd: int | None = None
         self._lock_id: tuple[int, int] | None = None
 
     # -- open / close -------------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Create the folder (0700) if needed and take its lock. Runs in a worker thread.
+        """Create the folder (0700) if needed and take its lock. A checkpoint; runs in a worker
+        thread, which a cancellation waits for (the store is then open: close it).
 
         Raises :class:`~engine.StorageLockedError` if another engine holds it, and
         :class:`~engine.StorageError` if the path is not a usable folder: not a folder, a folder
@@ -104,6 +106,7 @@ class DirectoryStore:
         symlink, a hard link or not a regular file. Nothing outside the folder is ever written.
         """
         await trio.to_thread.run_sync(self._open_sync)
+        self._closed = False
 
     def _open_sync(self) -> None:
         fs = self._fs
@@ -176,7 +179,9 @@ class DirectoryStore:
 
     async def aclose(self) -> None:
         """Release the lock. The lock file stays (removing it would race with a new opener).
-        Not a checkpoint; never blocks."""
+        Not a checkpoint; never blocks. Afterwards :meth:`write` raises
+        :class:`~engine.StorageError`."""
+        self._closed = True
         fd, self._lock_fd = self._lock_fd, None
         if fd is not None:
             self._fs.close(fd)  # closing the descriptor releases the locks
@@ -184,7 +189,8 @@ class DirectoryStore:
     # -- load ---------------------------------------------------------------------------------
 
     async def load_all(self, parse: Callable[[bytes], R], now: float) -> list[R]:
-        """Load every live session; see :class:`~engine.Store`. Runs in a worker thread.
+        """Load every live session; see :class:`~engine.Store`. A checkpoint; runs in a worker
+        thread, which a cancellation waits for.
 
         Session files that are not regular files (symlinks, folders, FIFOs), over 1 MiB,
         undecodable, of another format version, of an invalid id or whose name does not match
@@ -273,7 +279,7 @@ class DirectoryStore:
     async def load_one(self, session_id: str, parse: Callable[[bytes], R]) -> R | None:
         """Read one session's record, or ``None`` if it has no file. Raises ``ValueError``
         (:class:`~engine.storage.CorruptRecordError`) for a file that is not a loadable record.
-        Runs in a worker thread."""
+        A checkpoint; runs in a worker thread, which a cancellation waits for."""
         path = str(self.path / file_name_for(session_id))
 
         def read() -> R | None:
@@ -309,6 +315,8 @@ class DirectoryStore:
         return failed
 
     def _write_sync(self, batch: WriteBatch) -> dict[str, Exception]:
+        if self._closed:  # never write without the lock
+            raise StorageError(f"the store of {self.path} is closed")
         self._check_folder()
         fs = self._fs
         failed: dict[str, Exception] = {}

@@ -305,3 +305,14 @@ async def test_a_held_folder_names_its_holder_and_leaks_nothing(tmp_path: Path) 
     finally:
         await holder.aclose()
     await open_and_close(folder)
+
+
+async def test_a_closed_store_never_writes_without_its_lock(tmp_path: Path) -> None:
+    from engine import Put
+
+    store = DirectoryStore(tmp_path / "s")
+    await store.open()
+    await store.aclose()
+    with pytest.raises(StorageError, match="closed"):
+        await store.write({"a": Put(record("a"), T0 + 1)})
+    assert os.listdir(tmp_path / "s") == [".lock"]
