@@ -219,12 +219,12 @@ class _SafeFormatter(logging.Formatter):
 
 
 @contextlib.contextmanager
-def _safe_logging() -> Iterator[None]:
-    """While a command runs, the engine's log lines (warnings and errors) go to stderr escaped
+def _safe_logging(level: int) -> Iterator[None]:
+    """While a command runs, the engine's log lines of *level* and above go to stderr, escaped
     like everything else it prints."""
     logger = logging.getLogger("engine")
     handler = logging.StreamHandler(sys.stderr)
-    handler.setLevel(logging.WARNING)
+    handler.setLevel(level)
     handler.setFormatter(_SafeFormatter("engine: %(levelname)s %(message)s"))
     propagate = logger.propagate
     logger.addHandler(handler)
@@ -533,7 +533,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         return _serve(args)
     try:
-        with _safe_logging():
+        # inspect, stats and purge print what they find; the store's warnings would repeat it
+        with _safe_logging(logging.WARNING if args.command == "demo" else logging.ERROR):
             if args.command == "inspect":
                 return _inspect(args)
             if args.command == "stats":
