@@ -19,8 +19,7 @@ from typing import Any, Final
 import attrs
 import msgspec
 
-from engine import ConnectionConfig, StoredSession, new_session_id
-from engine._codec import Codec
+from engine import FORMAT_VERSION, ConnectionConfig, StoredSession, new_session_id
 from engine.storage import file_name_for
 
 __all__ = [
@@ -102,9 +101,10 @@ def write_session_files(folder: Path, ids: Sequence[str], now: float) -> None:
     """Fill *folder* with session files in the directory store's format (plain writes: the
     fixture needs no durability), as if an engine had persisted them."""
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    codec = Codec(ConnectionConfig)
+    encoder = msgspec.json.Encoder()
     for sid in ids:
-        data = codec.encode(sid, DEFAULT_PAYLOAD, now, now, now + TTL)
+        record = StoredSession(FORMAT_VERSION, sid, now, now, now + TTL, DEFAULT_PAYLOAD)
+        data = encoder.encode(record)
         fd = os.open(folder / file_name_for(sid), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.write(fd, data)
