@@ -55,7 +55,8 @@ def test_readme_steps_work_in_order(tmp_path: Path) -> None:
         code, _, err = server.stop()
     assert code == 0, err
     assert "quarantine" not in err
-    assert not (tmp_path / "sessions" / ".quarantine").exists()
+    assert not (tmp_path / "sessions" / "quarantine").exists()
+    assert f"{sid}.session" in os.listdir(tmp_path / "sessions")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo-sessions", "sessions"]
 
 

@@ -5,7 +5,6 @@ HTTP; concurrent calls on one session lose no update and never bring a deleted s
 from __future__ import annotations
 
 import errno
-import os
 import signal
 from collections.abc import Iterator
 from importlib.metadata import version as distribution_version
@@ -18,8 +17,8 @@ import pytest
 import trio
 import trio.testing
 
-import engine.storage._directory
 from engine import (
+    DirectoryStore,
     Engine,
     EngineConfig,
     McpApp,
@@ -30,8 +29,8 @@ from engine import (
 )
 from engine.mcp._session import McpSession as SessionPayload
 from engine.mcp._tools import MAX_NOTE_CHARS, ToolCallError, call_tool, list_tools
+from engine.testing import FaultyFileSystem
 
-from ..test_faults import FaultyOs
 from ..test_server_support import (
     HEADERS,
     PROTOCOL,
@@ -329,19 +328,17 @@ async def test_a_delete_during_a_tool_call_is_not_undone(tmp_path: Path) -> None
         assert not session_file(tmp_path / "sessions", sid).exists()
 
 
-async def test_a_tool_write_that_storage_refuses_has_no_effect(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_tool_write_that_storage_refuses_has_no_effect(tmp_path: Path) -> None:
     """Nothing is acknowledged that is not durable: a tool call whose write fails answers 503
     with ``Retry-After``, and the session keeps its previous state (in memory and, once storage
     works again, on disk)."""
-    faulty = FaultyOs(os)
-    monkeypatch.setattr(engine.storage._directory, "os", faulty)
+    faulty = FaultyFileSystem()  # real calls on the real folder, unless a fault is armed
     folder = tmp_path / "sessions"
     config = ServerConfig(
         engine=EngineConfig(storage_dir=folder, retry_interval=0.01, close_timeout=5)
     )
-    async with open_engine(config.engine, payload_type=McpSession) as sessions:
+    store = DirectoryStore(folder, fs=faulty)
+    async with open_engine(config.engine, payload_type=McpSession, store=store) as sessions:
         app = McpApp(sessions, config, live_sessions=lambda: sessions.statistics().live_sessions)
         transport = httpx.ASGITransport(app=cast(Any, app))
         async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
