@@ -18,7 +18,7 @@ import pytest
 
 from engine import StoredSession
 
-from .test_server_support import (
+from .support import (
     HEADERS,
     PROTOCOL,
     ServerProcess,

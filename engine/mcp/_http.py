@@ -1,0 +1,208 @@
+"""Serving an ASGI app with hypercorn's trio HTTP protocol, and the connection bounds hypercorn
+lacks.
+
+Hypercorn bounds the time to send request headers (``keep_alive_timeout``, counted from the
+connection's start or its last response) and their size, but not the number of connections, nor
+how long a client may take to read a response. :func:`serve_app` runs hypercorn's own
+per-connection protocol (``hypercorn.trio.tcp_server.TCPServer``) behind an accept loop that
+keeps at most ``max_connections`` connections open (the rest wait in the listen queue), and
+gives each connection a stream whose writes fail after ``send_timeout``. Body timeouts and the
+buffered-bytes bound are the app's (:class:`~engine.mcp.McpApp`).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import resource
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Final, final
+
+import trio
+
+from .._errors import ConfigError
+from ._config import ServerConfig
+from ._metrics import Metrics
+
+if TYPE_CHECKING:
+    from hypercorn.config import Config as HypercornConfig
+    from hypercorn.typing import ASGIFramework
+
+__all__ = [
+    "ACCEPT_RETRY_DELAY",
+    "FILE_RESERVE",
+    "ensure_file_limit",
+    "hypercorn_config",
+    "serve_app",
+]
+
+log = logging.getLogger("engine.server")
+
+FILE_RESERVE: Final = 64
+"""File descriptors kept for everything but client connections (listening sockets, the storage
+folder's lock and the records being written, logs, trio's own), on top of ``max_connections``."""
+
+ACCEPT_RETRY_DELAY: Final = 0.1
+"""After ``accept`` fails for want of file descriptors or memory, wait this long (seconds)
+before accepting again (as ``trio.serve_listeners`` does)."""
+
+_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+
+
+def hypercorn_config(config: ServerConfig) -> HypercornConfig:
+    """The hypercorn settings for *config*: one bind, no access log, its timeouts and backlog."""
+    from hypercorn.config import Config as HypercornConfig
+
+    hc = HypercornConfig()
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    hc.bind = [f"{host}:{config.port}"]
+    hc.graceful_timeout = config.graceful_timeout
+    hc.accesslog = None
+    hc.errorlog = logging.getLogger("hypercorn.error")
+    hc.keep_alive_timeout = config.keep_alive_timeout
+    hc.keep_alive_max_requests = config.keep_alive_max_requests
+    hc.backlog = config.backlog
+    return hc
+
+
+def ensure_file_limit(max_connections: int) -> None:
+    """Make sure the process may open ``max_connections`` + :data:`FILE_RESERVE` files, raising
+    its soft ``RLIMIT_NOFILE`` up to the hard limit if needed; raise
+    :class:`~engine.ConfigError` naming ``max_connections`` if even the hard limit is lower
+    (running out of descriptors would fail storage writes, not just connections)."""
+    needed = max_connections + FILE_RESERVE
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    if hard == resource.RLIM_INFINITY or hard >= needed:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+        except (OSError, ValueError):
+            pass
+        else:
+            log.info("raised the open-file limit from %d to %d", soft, needed)
+            return
+    raise ConfigError(
+        "max_connections",
+        f"{max_connections} connections need {needed} open files ({FILE_RESERVE} kept for "
+        f"storage and logs), but this process may open only {max(soft, min(hard, needed))}: "
+        "raise the limit (ulimit -n) or lower max_connections",
+    )
+
+
+@final
+class _TimedStream(trio.abc.HalfCloseableStream):
+    """A socket stream whose ``send_all`` gives up after *timeout* seconds: the stream is then
+    closed and :class:`trio.BrokenResourceError` raised (hypercorn treats that as the client
+    gone). Hypercorn shields its writes from cancellation, so this is the only bound on a client
+    that stops reading."""
+
+    def __init__(self, stream: trio.SocketStream, timeout: float) -> None:
+        self._stream = stream
+        self._timeout = timeout
+        self.socket = stream.socket  # hypercorn reads the addresses from it
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        with trio.move_on_after(self._timeout) as scope:
+            await self._stream.send_all(data)
+        if scope.cancelled_caught:
+            await trio.aclose_forcefully(self._stream)
+            raise trio.BrokenResourceError("the client did not read the response in time")
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self._stream.send_eof()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self._stream.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+async def serve_app(
+    app: ASGIFramework,
+    config: ServerConfig,
+    shutdown_trigger: Callable[[], Awaitable[None]],
+    *,
+    metrics: Metrics | None = None,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the ASGI *app* (HTTP/1.1, and HTTP/2 by upgrade) on ``config.host:config.port``
+    until *shutdown_trigger* returns, then shut down gracefully: stop accepting and close the
+    listening socket, let requests in flight finish (at most ``config.graceful_timeout``
+    seconds), and return.
+
+    At most ``config.max_connections`` connections are open at once; further ones wait in the
+    listen queue (``config.backlog``) until one closes. Reports the bound URLs
+    (``http://host:port``) through *task_status*; *metrics*, if given, gets the number of open
+    connections. Raises :class:`OSError` if the address cannot be bound and
+    :class:`~engine.ConfigError` if the open-file limit is too low for ``max_connections``.
+    Checkpoint; cancelling it closes every connection at once. The ASGI lifespan protocol is
+    not run (the reference app needs none).
+    """
+    from hypercorn.app_wrappers import ASGIWrapper
+    from hypercorn.trio.tcp_server import TCPServer
+    from hypercorn.trio.worker_context import WorkerContext
+    from hypercorn.utils import repr_socket_addr
+
+    ensure_file_limit(config.max_connections)
+    hc = hypercorn_config(config)
+    sockets = hc.create_sockets().insecure_sockets
+    listeners: list[trio.SocketListener] = []
+    binds: list[str] = []
+    for sock in sockets:
+        sock.listen(hc.backlog)
+        listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
+        binds.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
+    wrapped = ASGIWrapper(app)
+    context = WorkerContext(None)
+    slots = trio.Semaphore(config.max_connections)
+    counts = metrics if metrics is not None else Metrics()
+
+    async def connection(stream: trio.SocketStream) -> None:
+        counts.connections_open += 1
+        try:
+            timed = _TimedStream(stream, config.send_timeout)
+            server: Any = TCPServer(wrapped, hc, context, {}, timed)  # type: ignore[arg-type]
+            await server.run()
+        finally:
+            counts.connections_open -= 1
+            slots.release()
+
+    async def accept(listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        while True:
+            await slots.acquire()
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                slots.release()
+                if exc.errno not in _CAPACITY_ERRNOS:
+                    raise
+                log.error("accept failed (%s); retrying in %s s", exc, ACCEPT_RETRY_DELAY)
+                await trio.sleep(ACCEPT_RETRY_DELAY)
+                continue
+            except BaseException:
+                slots.release()
+                raise
+            nursery.start_soon(connection, stream)
+
+    try:
+        async with trio.open_nursery() as connections:
+            try:
+                async with trio.open_nursery() as acceptors:
+                    for listener in listeners:
+                        acceptors.start_soon(accept, listener, connections)
+                    task_status.started(binds)
+                    await shutdown_trigger()
+                    acceptors.cancel_scope.cancel()
+            finally:
+                for listener in listeners:
+                    await trio.aclose_forcefully(listener)
+                await context.terminated.set()  # idle connections close, busy ones after this
+                connections.cancel_scope.deadline = trio.current_time() + hc.graceful_timeout
+    finally:
+        for sock in sockets:
+            sock.close()
