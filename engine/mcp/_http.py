@@ -13,6 +13,7 @@ buffered-bytes bound are the app's (:class:`~engine.mcp.McpApp`).
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import resource
 from collections.abc import Awaitable, Callable
@@ -90,22 +91,50 @@ def ensure_file_limit(max_connections: int) -> None:
     )
 
 
+@functools.cache
+def _connection_class() -> type[Any]:
+    """Hypercorn's per-connection protocol runner, closing at once when the client goes.
+
+    Hypercorn's trio ``TCPServer`` keeps a connection whose client closed it while idle until
+    its keep-alive timer ends (up to ``keep_alive_timeout``), holding its file descriptor and,
+    here, a connection slot; stopping the timer when reading ends closes it at once."""
+    from hypercorn.trio.tcp_server import TCPServer
+
+    @final
+    class Connection(TCPServer):
+        async def _read_data(self) -> None:
+            await super()._read_data()
+            await self.idle_task.stop()
+
+    return Connection
+
+
 @final
 class _TimedStream(trio.abc.HalfCloseableStream):
-    """A socket stream whose ``send_all`` gives up after *timeout* seconds: the stream is then
-    closed and :class:`trio.BrokenResourceError` raised (hypercorn treats that as the client
-    gone). Hypercorn shields its writes from cancellation, so this is the only bound on a client
-    that stops reading."""
+    """A socket stream whose ``send_all`` gives up after *timeout* seconds. When a write fails
+    (timed out, or the client reset the connection) the stream is closed, *on_broken* is called
+    and :class:`trio.BrokenResourceError` raised. Hypercorn shields its writes from
+    cancellation, so this is the only bound on a client that stops reading; and hypercorn's
+    reader, paused while a response is pending, is never woken when that write fails, so
+    *on_broken* cancels the whole connection."""
 
-    def __init__(self, stream: trio.SocketStream, timeout: float) -> None:
+    def __init__(
+        self, stream: trio.SocketStream, timeout: float, on_broken: Callable[[], object]
+    ) -> None:
         self._stream = stream
         self._timeout = timeout
+        self._on_broken = on_broken
         self.socket = stream.socket  # hypercorn reads the addresses from it
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        with trio.move_on_after(self._timeout) as scope:
-            await self._stream.send_all(data)
+        try:
+            with trio.move_on_after(self._timeout) as scope:
+                await self._stream.send_all(data)
+        except trio.BrokenResourceError:
+            self._on_broken()
+            raise
         if scope.cancelled_caught:
+            self._on_broken()
             await trio.aclose_forcefully(self._stream)
             raise trio.BrokenResourceError("the client did not read the response in time")
 
@@ -144,7 +173,6 @@ async def serve_app(
     not run (the reference app needs none).
     """
     from hypercorn.app_wrappers import ASGIWrapper
-    from hypercorn.trio.tcp_server import TCPServer
     from hypercorn.trio.worker_context import WorkerContext
     from hypercorn.utils import repr_socket_addr
 
@@ -165,9 +193,9 @@ async def serve_app(
     async def connection(stream: trio.SocketStream) -> None:
         counts.connections_open += 1
         try:
-            timed = _TimedStream(stream, config.send_timeout)
-            server: Any = TCPServer(wrapped, hc, context, {}, timed)  # type: ignore[arg-type]
-            await server.run()
+            with trio.CancelScope() as scope:
+                timed = _TimedStream(stream, config.send_timeout, scope.cancel)
+                await _connection_class()(wrapped, hc, context, {}, timed).run()
         finally:
             counts.connections_open -= 1
             slots.release()
