@@ -268,6 +268,27 @@ async def test_headers_never_completed_are_closed_after_keep_alive_timeout() -> 
             assert await healthz(server) == 200
 
 
+async def test_413_keeps_the_connection_only_when_the_body_was_read() -> None:
+    """Up to DRAIN_FACTOR (4) times max_body_bytes the body is read and dropped, and the
+    connection stays usable after the 413; past that, or when the declared length is past it,
+    the 413 carries ``connection: close`` and the server closes."""
+    async with running(max_body_bytes=1000) as server:
+        with trio.fail_after(WAIT):
+            async with await server.connect() as stream:
+                await stream.send_all(post_head(3000) + b" " * 3000)
+                status, headers, _ = await read_response(stream)
+                assert status == 413
+                assert b"connection" not in headers
+                await stream.send_all(HEALTHZ)  # same connection
+                assert (await read_response(stream))[0] == 200
+            for declared in (4001, 10**12):  # no body sent: unread data would reset the 413
+                async with await server.connect() as stream:
+                    await stream.send_all(post_head(declared))
+                    status, headers, _ = await read_response(stream)
+                    assert (status, headers[b"connection"]) == (413, b"close")
+                    assert await closed_by_server(stream)
+
+
 @pytest.mark.parametrize(
     ("settings", "field"),
     [

@@ -17,6 +17,7 @@ import msgspec
 import pytest
 
 from engine import StoredSession
+from engine.storage import MAX_RECORD_BYTES
 
 from .support import (
     HEADERS,
@@ -200,6 +201,47 @@ def test_bad_input_gets_4xx_and_the_server_stays_up(
     # Still up, and the session is unharmed.
     assert client.get(server.base + "/healthz").json()["status"] == "ok"
     assert call(client, url, sid, "ping").status_code == 200
+
+
+def test_hostile_shapes_get_4xx_never_500(tmp_path: Path) -> None:
+    """Issue 9 item 8: bodies nested too deeply to decode or store, and an initialize whose
+    session would be just over the record limit, get a 4xx JSON-RPC error (they used to get
+    500 and a traceback in the log)."""
+    server = ServerProcess(tmp_path / "sessions", "--log-level", "info")
+    server.start()
+    try:
+        with httpx.Client(timeout=20) as client:
+            sid = initialize(client, server.url)
+            headers = {**HEADERS, "content-type": "application/json", "mcp-session-id": sid}
+            for depth in (100, 500, 800, 900, 1000, 2000, 100_000):
+                nested = b"[" * depth + b"]" * depth
+                for body in (
+                    b'{"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {"x": %s}}',
+                    b'{"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {'
+                    b'"protocolVersion": "2025-06-18", "clientInfo": {"name": "x"}, '
+                    b'"capabilities": {"x": %s}}}',
+                ):
+                    r = client.post(server.url, content=body % nested, headers=headers)
+                    assert r.status_code < 500, (depth, r.status_code, r.text)
+                    if r.status_code >= 400:
+                        assert r.json()["error"]["code"] in (-32700, -32600, -32602), r.text
+
+            # Just over the record limit once stored, but within max_body_bytes as a request.
+            too_big = initialize_body()
+            too_big["params"]["capabilities"] = {"x": "a" * (MAX_RECORD_BYTES - 3000)}
+            content = json.dumps(too_big).encode()
+            assert len(content) <= 1 << 20
+            r = client.post(server.url, content=content, headers=headers)
+            assert r.status_code == 400, r.text
+            assert r.json()["error"]["code"] == -32602
+            assert "cannot store" in r.json()["error"]["message"]
+            assert r.json()["id"] == 1
+
+            assert call(client, server.url, sid, "ping").status_code == 200  # still up
+    finally:
+        code, _, err = server.stop()
+    assert code == 0, err
+    assert "Traceback" not in err and "Error in ASGI" not in err, err[-3000:]
 
 
 def test_initialize_negotiates_the_protocol_version(
