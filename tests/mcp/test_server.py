@@ -5,6 +5,7 @@ input, metrics, and the storage lock."""
 from __future__ import annotations
 
 import json
+import resource
 import signal
 import socket
 import subprocess
@@ -347,3 +348,36 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "cannot listen on 127.0.0.1:" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_open_file_limit_too_low_for_max_connections_is_refused(tmp_path: Path) -> None:
+    def limit(soft: int, hard: int) -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+    server = ServerProcess(tmp_path / "sessions", "--max-connections", "512")
+    proc = subprocess.run(
+        server.command(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=lambda: limit(256, 256),
+    )
+    assert proc.returncode == 6, proc.stderr
+    assert "max_connections" in proc.stderr and "ulimit -n" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "sessions").exists()  # refused before touching storage
+
+    # A soft limit below what is needed, under a hard limit that allows it, is raised.
+    code = (
+        "import resource; from engine.mcp._http import ensure_file_limit; "
+        "ensure_file_limit(512); print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=lambda: limit(256, 4096),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert int(proc.stdout) >= 512
