@@ -81,6 +81,13 @@ RETRY_AFTER_SECONDS: Final = 1
 MAX_REPORTED_METHOD: Final = 100
 """Longest prefix of an unknown method name quoted back in a -32601 error."""
 
+MAX_QUERY_FIELDS: Final = 32
+"""Most fields parsed from the query string of an ``initialize`` (more is a 400)."""
+
+CLIENT_CLOSED: Final = 499
+"""Status recorded in the metrics for a request whose client went away before its answer
+(nginx's convention; never sent)."""
+
 _JSON_TYPE: Final = (b"content-type", b"application/json")
 _CLOSE: Final = (b"connection", b"close")
 _NO_ID: Final = msgspec.UNSET
@@ -214,7 +221,7 @@ class McpApp:
         try:
             response = await self._handle(scope, receive)
         except _DisconnectError:
-            self.metrics.observe(route, 499, trio.current_time() - start)
+            self.metrics.observe(route, CLIENT_CLOSED, trio.current_time() - start)
             return
         headers = response.headers
         if response.status != 204:
@@ -230,7 +237,7 @@ class McpApp:
             )
             await send({"type": "http.response.body", "body": response.body, "more_body": False})
         if sending.cancelled_caught:  # HTTP/2 flow control held it; HTTP/1 is bounded below us
-            self.metrics.observe(route, 499, trio.current_time() - start)
+            self.metrics.observe(route, CLIENT_CLOSED, trio.current_time() - start)
             return
         self.metrics.observe(route, response.status, trio.current_time() - start)
 
@@ -438,7 +445,8 @@ class McpApp:
                 400, INVALID_PARAMS, "Invalid initialize params: nested too deeply", request_id
             )
         try:
-            query = parse_qs(scope["query_string"].decode("latin-1"), max_num_fields=32)
+            text = scope["query_string"].decode("latin-1")
+            query = parse_qs(text, max_num_fields=MAX_QUERY_FIELDS)
             connection = connection_from_query(query)
         except (TagFilterError, ValueError) as exc:
             return _json_error(400, INVALID_PARAMS, f"Invalid tag filter: {exc}", request_id)
