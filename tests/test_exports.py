@@ -67,6 +67,7 @@ PUBLIC: dict[str, set[str]] = {
         "TagQuery",
         "load_server_config",
         "serve",
+        "serve_app",
     },
     "engine.testing": {"MemoryStore", "record_times"},
 }
