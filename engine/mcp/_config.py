@@ -104,8 +104,8 @@ class ServerConfig:
         metadata={HELP: "request body bytes held in memory across all requests"},
     )
     """Bound on the request body bytes held in memory by all requests together. A request whose
-    body would go past it gets 503 (``Retry-After``) and its connection is closed. At least
-    ``max_body_bytes``."""
+    body would go past it gets 503 (``Retry-After``); the rest of its body is read and dropped.
+    At least ``max_body_bytes``."""
 
     body_timeout: float = attrs.field(
         default=30.0,

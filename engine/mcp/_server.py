@@ -291,7 +291,8 @@ class McpApp:
     async def _read_body(self, headers: dict[bytes, bytes], receive: ASGIReceiveCallable) -> bytes:
         """The request body; :class:`_TooLargeError` past ``max_body``, :class:`_BusyError` if
         holding it would take the bytes held by all requests (``metrics.buffered_bytes``) past
-        ``max_buffered``. The caller gives the body's bytes back when done with it.
+        ``max_buffered`` (the rest of such a body is read and dropped, so the connection stays
+        usable). The caller gives the body's bytes back when done with it.
 
         A body of up to ``DRAIN_FACTOR`` times the limit is read to its end and dropped, so the
         connection stays usable and the client reads the 413 (closing with unread data would
@@ -305,6 +306,7 @@ class McpApp:
         chunks: list[bytes] = []
         size = held = 0
         too_large = declared is not None and declared > self.max_body
+        busy = False
         try:
             while True:
                 event = await receive()
@@ -318,19 +320,21 @@ class McpApp:
                     if size > drain_limit:
                         raise _TooLargeError(drained=False)
                     too_large = True
-                if too_large:
+                if not busy and metrics.buffered_bytes + len(chunk) > self.max_buffered:
+                    busy = True
+                if too_large or busy:  # drop what is held, read on to the end
                     chunks.clear()
                     metrics.buffered_bytes -= held
                     held = 0
                 elif chunk:
-                    if metrics.buffered_bytes + len(chunk) > self.max_buffered:
-                        raise _BusyError
                     metrics.buffered_bytes += len(chunk)
                     held += len(chunk)
                     chunks.append(chunk)
                 if not event["more_body"]:
                     if too_large:
                         raise _TooLargeError(drained=True)
+                    if busy:
+                        raise _BusyError
                     return b"".join(chunks)
         except BaseException:
             metrics.buffered_bytes -= held
@@ -363,7 +367,7 @@ class McpApp:
             return response
         except _BusyError:
             response = _json_error(503, SERVER_BUSY, "Server busy: too many request bytes held")
-            response.headers += [(b"retry-after", b"%d" % RETRY_AFTER_SECONDS), _CLOSE]
+            response.headers.append((b"retry-after", b"%d" % RETRY_AFTER_SECONDS))
             return response
         try:
             return await self._message(scope, headers, body)
