@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ACCEPT_RETRY_DELAY",
     "FILE_RESERVE",
+    "SEND_CHECK_INTERVAL",
     "ensure_file_limit",
     "hypercorn_config",
     "serve_app",
@@ -42,6 +43,10 @@ log = logging.getLogger("engine.server")
 FILE_RESERVE: Final = 64
 """File descriptors kept for everything but client connections (listening sockets, the storage
 folder's lock and the records being written, logs, trio's own), on top of ``max_connections``."""
+
+SEND_CHECK_INTERVAL: Final = 1.0
+"""How often (seconds) writes are checked against ``send_timeout``: a write that waits too long
+fails within this much after the timeout."""
 
 ACCEPT_RETRY_DELAY: Final = 0.1
 """After ``accept`` fails for want of file descriptors or memory, wait this long (seconds)
@@ -110,33 +115,64 @@ def _connection_class() -> type[Any]:
 
 
 @final
+class _SendWatch:
+    """Closes every stream whose write has been waiting longer than *timeout* seconds, checked
+    every :data:`SEND_CHECK_INTERVAL` (or half the timeout if shorter): one task for all
+    connections, so a write costs two dict operations instead of a cancel scope."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.sending: dict[_TimedStream, float] = {}
+        """Streams with a write in progress, and when it started."""
+
+    async def run(self) -> None:
+        interval = min(SEND_CHECK_INTERVAL, self.timeout / 2)
+        while True:
+            await trio.sleep(interval)
+            now = trio.current_time()
+            late = [s for s, started in self.sending.items() if now - started >= self.timeout]
+            for stream in late:
+                await stream.expire()
+
+
+@final
 class _TimedStream(trio.abc.HalfCloseableStream):
-    """A socket stream whose ``send_all`` gives up after *timeout* seconds. When a write fails
-    (timed out, or the client reset the connection) the stream is closed, *on_broken* is called
-    and :class:`trio.BrokenResourceError` raised. Hypercorn shields its writes from
-    cancellation, so this is the only bound on a client that stops reading; and hypercorn's
-    reader, paused while a response is pending, is never woken when that write fails, so
-    *on_broken* cancels the whole connection."""
+    """A socket stream whose writes fail after the watch's timeout. When a write fails (timed
+    out, or the client reset the connection) the stream is closed, *on_broken* is called and
+    :class:`trio.BrokenResourceError` raised. Hypercorn shields its writes from cancellation,
+    so this is the only bound on a client that stops reading; and hypercorn's reader, paused
+    while a response is pending, is never woken when that write fails, so *on_broken* cancels
+    the whole connection."""
 
     def __init__(
-        self, stream: trio.SocketStream, timeout: float, on_broken: Callable[[], object]
+        self, stream: trio.SocketStream, watch: _SendWatch, on_broken: Callable[[], object]
     ) -> None:
         self._stream = stream
-        self._timeout = timeout
+        self._watch = watch
         self._on_broken = on_broken
+        self._expired = False
         self.socket = stream.socket  # hypercorn reads the addresses from it
 
+    async def expire(self) -> None:
+        """Give up on the write in progress (called by the watch)."""
+        self._expired = True
+        self._watch.sending.pop(self, None)
+        await trio.aclose_forcefully(self._stream)  # the waiting write raises at once
+
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        sending = self._watch.sending
+        sending[self] = trio.current_time()
         try:
-            with trio.move_on_after(self._timeout) as scope:
-                await self._stream.send_all(data)
-        except trio.BrokenResourceError:
+            await self._stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
             self._on_broken()
+            if self._expired:
+                raise trio.BrokenResourceError(
+                    "the client did not read the response in time"
+                ) from None
             raise
-        if scope.cancelled_caught:
-            self._on_broken()
-            await trio.aclose_forcefully(self._stream)
-            raise trio.BrokenResourceError("the client did not read the response in time")
+        finally:
+            sending.pop(self, None)
 
     async def wait_send_all_might_not_block(self) -> None:
         await self._stream.wait_send_all_might_not_block()
@@ -189,12 +225,13 @@ async def serve_app(
     context = WorkerContext(None)
     slots = trio.Semaphore(config.max_connections)
     counts = metrics if metrics is not None else Metrics()
+    watch = _SendWatch(config.send_timeout)
 
     async def connection(stream: trio.SocketStream) -> None:
         counts.connections_open += 1
         try:
             with trio.CancelScope() as scope:
-                timed = _TimedStream(stream, config.send_timeout, scope.cancel)
+                timed = _TimedStream(stream, watch, scope.cancel)
                 await _connection_class()(wrapped, hc, context, {}, timed).run()
         finally:
             counts.connections_open -= 1
@@ -218,19 +255,22 @@ async def serve_app(
             nursery.start_soon(connection, stream)
 
     try:
-        async with trio.open_nursery() as connections:
-            try:
-                async with trio.open_nursery() as acceptors:
+        async with trio.open_nursery() as watching:
+            watching.start_soon(watch.run)
+            async with trio.open_nursery() as connections:
+                try:
+                    async with trio.open_nursery() as acceptors:
+                        for listener in listeners:
+                            acceptors.start_soon(accept, listener, connections)
+                        task_status.started(binds)
+                        await shutdown_trigger()
+                        acceptors.cancel_scope.cancel()
+                finally:
                     for listener in listeners:
-                        acceptors.start_soon(accept, listener, connections)
-                    task_status.started(binds)
-                    await shutdown_trigger()
-                    acceptors.cancel_scope.cancel()
-            finally:
-                for listener in listeners:
-                    await trio.aclose_forcefully(listener)
-                await context.terminated.set()  # idle connections close, busy ones after this
-                connections.cancel_scope.deadline = trio.current_time() + hc.graceful_timeout
+                        await trio.aclose_forcefully(listener)
+                    await context.terminated.set()  # idle connections close, busy ones after
+                    connections.cancel_scope.deadline = trio.current_time() + hc.graceful_timeout
+            watching.cancel_scope.cancel()
     finally:
         for sock in sockets:
             sock.close()

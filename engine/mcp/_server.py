@@ -32,6 +32,8 @@ if TYPE_CHECKING:  # hypercorn is imported when serving, not by ``import engine`
     from hypercorn.typing import (
         ASGIReceiveCallable,
         ASGISendCallable,
+        HTTPResponseBodyEvent,
+        HTTPResponseStartEvent,
         HTTPScope,
         LifespanScope,
         Scope,
@@ -226,19 +228,27 @@ class McpApp:
         headers = response.headers
         if response.status != 204:
             headers.append((b"content-length", b"%d" % len(response.body)))
-        with trio.move_on_after(self.config.send_timeout) as sending:
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": response.status,
-                    "headers": headers,
-                    "trailers": False,
-                }
-            )
-            await send({"type": "http.response.body", "body": response.body, "more_body": False})
-        if sending.cancelled_caught:  # HTTP/2 flow control held it; HTTP/1 is bounded below us
-            self.metrics.observe(route, CLIENT_CLOSED, trio.current_time() - start)
-            return
+        start_message: HTTPResponseStartEvent = {
+            "type": "http.response.start",
+            "status": response.status,
+            "headers": headers,
+            "trailers": False,
+        }
+        body_message: HTTPResponseBodyEvent = {
+            "type": "http.response.body",
+            "body": response.body,
+            "more_body": False,
+        }
+        if scope["http_version"] != "2":  # HTTP/1 writes are bounded by the server (serve_app)
+            await send(start_message)
+            await send(body_message)
+        else:  # HTTP/2 flow control can hold a response without any write waiting
+            with trio.move_on_after(self.config.send_timeout) as sending:
+                await send(start_message)
+                await send(body_message)
+            if sending.cancelled_caught:
+                self.metrics.observe(route, CLIENT_CLOSED, trio.current_time() - start)
+                return
         self.metrics.observe(route, response.status, trio.current_time() - start)
 
     async def _lifespan(
