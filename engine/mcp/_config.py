@@ -122,7 +122,8 @@ class ServerConfig:
         metadata={HELP: "seconds a client has to read a response"},
     )
     """Longest time one write of a response may wait for the client to read; then the
-    connection is closed (a client that never reads cannot hold a connection for ever)."""
+    connection is closed (a client that never reads cannot hold a connection for ever).
+    Checked every second (every half timeout if that is shorter)."""
 
     max_connections: int = attrs.field(
         default=512,
