@@ -230,19 +230,9 @@ def structure_fields(
             out[name] = converter.structure(value, fields[name].type)  # type: ignore[arg-type]
         except ConfigError:
             raise
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(name, str(exc)) from None
-        except cattrs.BaseValidationError as group:
-            raise ConfigError(name, _first_message(group)) from None
+        except Exception as exc:  # the hooks' TypeError/ValueError, or cattrs' own errors
+            raise ConfigError(name, str(exc) or type(exc).__name__) from None
     return out
-
-
-def _first_message(group: BaseExceptionGroup[Exception]) -> str:
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            return _first_message(exc)
-        return str(exc)
-    return str(group)  # pragma: no cover  # cattrs never raises an empty group
 
 
 def env_values(
