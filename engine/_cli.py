@@ -24,7 +24,7 @@ import trio
 
 from ._demo import DEFAULT_DEMO_DIR, run_demo
 from ._errors import ConfigError, StorageError, StorageLockedError
-from .mcp._config import ServerConfig, load_server_config
+from .mcp._config import ServerConfig, load_server_config, settings
 from .mcp._payload import ConnectionConfig
 from .mcp._session import summarize
 from .storage import (
@@ -65,30 +65,14 @@ class _CliError(Exception):
 
 # -- serve ------------------------------------------------------------------------------------
 
-_SERVE_FLAGS: Final = (
-    # (flag, field, help)
-    ("--host", "host", "address to listen on (default 127.0.0.1)"),
-    ("--port", "port", "TCP port (default 8080; 0 picks a free one)"),
-    ("--max-body-bytes", "max_body_bytes", "largest request body (default 1 MiB)"),
-    ("--graceful-timeout", "graceful_timeout", "seconds in-flight requests get at shutdown"),
-    ("--allowed-origins", "allowed_origins", "extra browser origins allowed, comma-separated"),
-    ("--storage-dir", "storage_dir", "session folder (default ./sessions; 'none': memory only)"),
-    ("--ttl", "ttl", "idle seconds before a session expires (default 86400)"),
-    ("--persist-requests", "persist_requests", "N: persist after this many requests"),
-    ("--persist-interval", "persist_interval", "M: persist a touched session after M seconds"),
-    ("--flush-interval", "flush_interval", "seconds between flushes of dirty sessions"),
-    ("--max-sessions", "max_sessions", "bound on live sessions ('none': no bound)"),
-    ("--queue-size", "queue_size", "bound of the engine's request queue"),
-)
-
 
 def _serve(args: argparse.Namespace) -> int:
     from .mcp._server import serve
 
     flags = {
-        field: getattr(args, field)
-        for _, field, _ in _SERVE_FLAGS
-        if getattr(args, field) is not None
+        setting.name: getattr(args, setting.name)
+        for setting in settings()
+        if getattr(args, setting.name) is not None
     }
     try:
         config = load_server_config(config_file=args.config, flags=flags)
@@ -104,6 +88,9 @@ def _serve(args: argparse.Namespace) -> int:
         trio.run(partial(serve, config, announce=sys.stdout))
     except Exception as exc:  # nurseries wrap errors in groups: look at the one inside
         error = _single(exc)
+        if isinstance(error, ConfigError):  # a bound the system cannot give (open files)
+            print(f"engine serve: invalid configuration: {error}", file=sys.stderr)
+            return EXIT_BAD_CONFIG
         if isinstance(error, StorageLockedError):
             print(f"engine serve: {error}; stop it first", file=sys.stderr)
             return EXIT_LOCKED
@@ -464,14 +451,20 @@ def _parser() -> argparse.ArgumentParser:
         "file (--config or ENGINE_CONFIG: [server] and [engine] tables), else defaults. "
         "SIGINT/SIGTERM: graceful shutdown with a final flush.",
     )
-    serve.add_argument("--config", type=Path, default=None, help="TOML file")
-    for flag, field, help_text in _SERVE_FLAGS:
-        serve.add_argument(flag, dest=field, default=None, metavar="VALUE", help=help_text)
+    serve.add_argument("--config", type=Path, default=None, help="TOML file (default: none)")
+    for setting in settings():
+        serve.add_argument(
+            setting.flag,
+            dest=setting.name,
+            default=None,
+            metavar="VALUE",
+            help=f"{setting.help} (default: {setting.default_text})",
+        )
     serve.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
-        help="log level on stderr (default info)",
+        help="log level on stderr (default: info)",
     )
 
     for name, help_text in (

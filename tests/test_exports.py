@@ -79,6 +79,7 @@ PUBLIC: dict[str, set[str]] = {
         "TagQuery",
         "load_server_config",
         "serve",
+        "serve_app",
     },
     "engine.testing": {
         "FAULTS",

@@ -16,7 +16,7 @@ import pytest
 
 from engine._cli import main
 
-from .test_server_support import ServerProcess, call, initialize
+from .mcp.support import ServerProcess, call, initialize
 
 
 def run_demo(cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -30,6 +30,7 @@ import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final, Protocol, TextIO, final
 from urllib.parse import parse_qs
 
@@ -37,20 +38,22 @@ import msgspec
 import trio
 
 if TYPE_CHECKING:  # hypercorn is imported when serving, not by ``import engine``
-    from hypercorn.config import Config as HypercornConfig
     from hypercorn.typing import (
         ASGIReceiveCallable,
         ASGISendCallable,
+        HTTPResponseBodyEvent,
+        HTTPResponseStartEvent,
         HTTPScope,
         LifespanScope,
         Scope,
     )
 
 from .._engine import Statistics
-from .._errors import EngineClosedError, InvalidSessionIdError, StorageError
+from .._errors import EngineClosedError, InvalidSessionIdError, PayloadError, StorageError
 from .._ids import new_session_id, validate_session_id
 from .._open import open_engine
 from ._config import ServerConfig
+from ._http import ensure_file_limit, serve_app
 from ._metrics import Metrics
 from ._protocol import (
     INVALID_PARAMS,
@@ -90,7 +93,21 @@ or completions)."""
 DRAIN_FACTOR: Final = 4
 """Bodies up to this many times ``max_body_bytes`` are read and dropped before a 413."""
 
+RETRY_AFTER_SECONDS: Final = 1
+"""``Retry-After`` of a 503 for a request refused because ``max_buffered_bytes`` is reached."""
+
+MAX_REPORTED_METHOD: Final = 100
+"""Longest prefix of an unknown method name quoted back in a -32601 error."""
+
+MAX_QUERY_FIELDS: Final = 32
+"""Most fields parsed from the query string of an ``initialize`` (more is a 400)."""
+
+CLIENT_CLOSED: Final = 499
+"""Status recorded in the metrics for a request whose client went away before its answer
+(nginx's convention; never sent)."""
+
 _JSON_TYPE: Final = (b"content-type", b"application/json")
+_CLOSE: Final = (b"connection", b"close")
 _NO_ID: Final = msgspec.UNSET
 
 
@@ -190,6 +207,10 @@ class _TooLargeError(Exception):
         self.drained = drained
 
 
+class _BusyError(Exception):
+    """The body would take the bytes held by all requests past ``max_buffered_bytes``."""
+
+
 class _DisconnectError(Exception):
     pass
 
@@ -265,6 +286,7 @@ class McpApp:
         self.stats = stats
         self.live_sessions = live_sessions
         self.max_body = config.max_body_bytes
+        self.max_buffered = config.max_buffered_bytes
         self.allowed_origins = frozenset(config.allowed_origins)
         self.retry_after = b"%d" % max(1, round(config.engine.retry_interval))
         self._locks = _SessionLocks()
@@ -277,7 +299,8 @@ class McpApp:
         Checkpoint. Cancel-safe in the engine's sense: a request cancelled (client gone, server
         shutting down) before the engine applied it has no effect; once applied, its effect
         stands even if the response is never sent. After the engine is closed, requests that
-        need it get 503 with JSON-RPC error -32002."""
+        need it get 503 with JSON-RPC error -32002. A response the client does not take within
+        ``send_timeout`` is abandoned (hypercorn then closes the connection)."""
         if scope["type"] == "lifespan":
             await self._lifespan(scope, receive, send)
             return
@@ -288,22 +311,34 @@ class McpApp:
         try:
             response = await self._handle(scope, receive)
         except _DisconnectError:
-            self.metrics.observe(route, 499, trio.current_time() - start)
+            self.metrics.observe(route, CLIENT_CLOSED, trio.current_time() - start)
             if log.isEnabledFor(logging.DEBUG):
                 _log_request(scope, None, start)
             return
         headers = response.headers
         if response.status != 204:
             headers.append((b"content-length", b"%d" % len(response.body)))
-        await send(
-            {
-                "type": "http.response.start",
-                "status": response.status,
-                "headers": headers,
-                "trailers": False,
-            }
-        )
-        await send({"type": "http.response.body", "body": response.body, "more_body": False})
+        start_message: HTTPResponseStartEvent = {
+            "type": "http.response.start",
+            "status": response.status,
+            "headers": headers,
+            "trailers": False,
+        }
+        body_message: HTTPResponseBodyEvent = {
+            "type": "http.response.body",
+            "body": response.body,
+            "more_body": False,
+        }
+        if scope["http_version"] != "2":  # HTTP/1 writes are bounded by the server (serve_app)
+            await send(start_message)
+            await send(body_message)
+        else:  # HTTP/2 flow control can hold a response without any write waiting
+            with trio.move_on_after(self.config.send_timeout) as sending:
+                await send(start_message)
+                await send(body_message)
+            if sending.cancelled_caught:
+                self.metrics.observe(route, CLIENT_CLOSED, trio.current_time() - start)
+                return
         self.metrics.observe(route, response.status, trio.current_time() - start)
         if log.isEnabledFor(logging.DEBUG):
             _log_request(scope, response, start)
@@ -356,36 +391,56 @@ class McpApp:
         return host in _LOCAL_HOSTS
 
     async def _read_body(self, headers: dict[bytes, bytes], receive: ASGIReceiveCallable) -> bytes:
-        """The request body; :class:`_TooLargeError` past ``max_body``. A body of up to
-        ``DRAIN_FACTOR`` times the limit is read to its end and dropped, so the connection
-        stays usable and the client reads the 413 (closing with unread data would reset it);
-        a larger one is abandoned and the connection closed."""
+        """The request body; :class:`_TooLargeError` past ``max_body``, :class:`_BusyError` if
+        holding it would take the bytes held by all requests (``metrics.buffered_bytes``) past
+        ``max_buffered`` (the rest of such a body is read and dropped, so the connection stays
+        usable). The caller gives the body's bytes back when done with it.
+
+        A body of up to ``DRAIN_FACTOR`` times the limit is read to its end and dropped, so the
+        connection stays usable and the client reads the 413 (closing with unread data would
+        reset it); a larger one is abandoned and the connection closed."""
         length = headers.get(b"content-length")
         declared = int(length) if length is not None and length.isdigit() else None
         drain_limit = self.max_body * DRAIN_FACTOR
         if declared is not None and declared > drain_limit:
             raise _TooLargeError(drained=False)
+        metrics = self.metrics
         chunks: list[bytes] = []
-        size = 0
+        size = held = 0
         too_large = declared is not None and declared > self.max_body
-        while True:
-            event = await receive()
-            if event["type"] == "http.disconnect":
-                raise _DisconnectError
-            if event["type"] != "http.request":
-                continue
-            chunk = event["body"]
-            size += len(chunk)
-            if size > self.max_body:
-                if size > drain_limit:
-                    raise _TooLargeError(drained=False)
-                too_large = True
-            if not too_large:
-                chunks.append(chunk)
-            if not event["more_body"]:
-                if too_large:
-                    raise _TooLargeError(drained=True)
-                return b"".join(chunks)
+        busy = False
+        try:
+            while True:
+                event = await receive()
+                if event["type"] == "http.disconnect":
+                    raise _DisconnectError
+                if event["type"] != "http.request":
+                    continue
+                chunk = event["body"]
+                size += len(chunk)
+                if size > self.max_body:
+                    if size > drain_limit:
+                        raise _TooLargeError(drained=False)
+                    too_large = True
+                if not busy and metrics.buffered_bytes + len(chunk) > self.max_buffered:
+                    busy = True
+                if too_large or busy:  # drop what is held, read on to the end
+                    chunks.clear()
+                    metrics.buffered_bytes -= held
+                    held = 0
+                elif chunk:
+                    metrics.buffered_bytes += len(chunk)
+                    held += len(chunk)
+                    chunks.append(chunk)
+                if not event["more_body"]:
+                    if too_large:
+                        raise _TooLargeError(drained=True)
+                    if busy:
+                        raise _BusyError
+                    return b"".join(chunks)
+        except BaseException:
+            metrics.buffered_bytes -= held
+            raise
 
     async def _post(
         self, scope: HTTPScope, headers: dict[bytes, bytes], receive: ASGIReceiveCallable
@@ -402,21 +457,42 @@ class McpApp:
             return _json_error(
                 415, INVALID_REQUEST, "Unsupported Media Type: send Content-Type application/json"
             )
+        body_timeout = self.config.body_timeout
         try:
-            body = await self._read_body(headers, receive)
+            with trio.fail_after(body_timeout):
+                body = await self._read_body(headers, receive)
         except _TooLargeError as exc:
             response = _json_error(
                 413, INVALID_REQUEST, f"Request body larger than {self.max_body} bytes"
             )
             if not exc.drained:  # the rest of the body is unread: the connection is done
-                response.headers.append((b"connection", b"close"))
+                response.headers.append(_CLOSE)
             return response
+        except trio.TooSlowError:
+            response = _json_error(
+                408, INVALID_REQUEST, f"Request Timeout: body not received within {body_timeout} s"
+            )
+            response.headers.append(_CLOSE)
+            return response
+        except _BusyError:
+            response = _json_error(503, SERVER_BUSY, "Server busy: too many request bytes held")
+            response.headers.append((b"retry-after", b"%d" % RETRY_AFTER_SECONDS))
+            return response
+        try:
+            return await self._rpc(scope, headers, body)
+        finally:
+            self.metrics.buffered_bytes -= len(body)
+
+    async def _rpc(self, scope: HTTPScope, headers: dict[bytes, bytes], body: bytes) -> _Response:
+        """Decode one JSON-RPC message, check its shape and answer it."""
         try:
             message = _decoder.decode(body)
         except msgspec.ValidationError as exc:
             return _json_error(400, INVALID_REQUEST, f"Invalid JSON-RPC message: {exc}")
         except msgspec.DecodeError as exc:
             return _json_error(400, PARSE_ERROR, f"Parse error: {exc}")
+        except RecursionError:
+            return _json_error(400, PARSE_ERROR, "Parse error: JSON nested too deeply")
         problem = message_problem(message)
         if problem is not None:
             return _json_error(400, INVALID_REQUEST, f"Invalid Request: {problem}")
@@ -473,7 +549,12 @@ class McpApp:
                 tools = msgspec.Raw(_encoder.encode({"tools": list_tools(LATEST_PROTOCOL_VERSION)}))
             return _Response(200, _result_body(request_id, tools))
         return _Response(
-            200, _error_body(METHOD_NOT_FOUND, f"Method not found: {method[:100]}", request_id)
+            200,
+            _error_body(
+                METHOD_NOT_FOUND,
+                f"Method not found: {method[:MAX_REPORTED_METHOD]}",
+                request_id,
+            ),
         )
 
     async def _tools_call(self, session_id: str, message: Message, request_id: object) -> _Response:
@@ -520,8 +601,13 @@ class McpApp:
             )
         except msgspec.ValidationError as exc:
             return _json_error(400, INVALID_PARAMS, f"Invalid initialize params: {exc}", request_id)
+        except RecursionError:
+            return _json_error(
+                400, INVALID_PARAMS, "Invalid initialize params: nested too deeply", request_id
+            )
         try:
-            query = parse_qs(scope["query_string"].decode("latin-1"), max_num_fields=32)
+            text = scope["query_string"].decode("latin-1")
+            query = parse_qs(text, max_num_fields=MAX_QUERY_FIELDS)
             connection = connection_from_query(query)
         except (TagFilterError, ValueError) as exc:
             return _json_error(400, INVALID_PARAMS, f"Invalid tag filter: {exc}", request_id)
@@ -540,6 +626,9 @@ class McpApp:
         )
         try:
             await self.sessions.create(session_id, payload)
+        except PayloadError as exc:  # too large or too deep to store: the client's doing
+            why = f"Invalid initialize params: cannot store them: {exc}"
+            return _json_error(400, INVALID_PARAMS, why, request_id)
         except EngineClosedError:
             return _json_error(503, SERVER_BUSY, "Server shutting down", request_id)
         except StorageError as exc:
@@ -599,22 +688,6 @@ def _version() -> str:
     return __version__
 
 
-def hypercorn_config(config: ServerConfig) -> HypercornConfig:
-    """The hypercorn settings for *config*: one bind, no access log, our graceful timeout."""
-    from hypercorn.config import Config as HypercornConfig
-
-    hc = HypercornConfig()
-    host = f"[{config.host}]" if ":" in config.host else config.host
-    hc.bind = [f"{host}:{config.port}"]
-    hc.graceful_timeout = config.graceful_timeout
-    hc.accesslog = None
-    hc.errorlog = logging.getLogger("hypercorn.error")
-    hc.keep_alive_timeout = 30
-    hc.keep_alive_max_requests = 100_000
-    hc.backlog = 1024
-    return hc
-
-
 async def serve(
     config: ServerConfig,
     *,
@@ -632,6 +705,7 @@ async def serve(
     engine holds the storage folder. Checkpoint; cancelling it stops the server at once, but the
     engine's final flush still runs (shielded).
     """
+    ensure_file_limit(config.max_connections)  # before loading sessions: fail fast
     metrics = Metrics()
     async with open_engine(config.engine, payload_type=McpSession) as engine:
         app = McpApp(
@@ -659,7 +733,7 @@ async def serve(
 
             async with trio.open_nursery() as nursery:
                 binds: list[str] = await nursery.start(
-                    _serve_app, app, hypercorn_config(config), wait_for_shutdown
+                    partial(serve_app, metrics=metrics), app, config, wait_for_shutdown
                 )
                 storage = config.engine.storage_dir
                 if announce is not None:
@@ -689,21 +763,3 @@ async def serve(
                 f"{stats.storage_errors} storage errors)"
             )
         print(f"engine: stopped; {outcome}", file=announce, flush=True)
-
-
-async def _serve_app(
-    app: McpApp,
-    hc: HypercornConfig,
-    shutdown_trigger: Callable[[], Awaitable[None]],
-    *,
-    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    from hypercorn.trio import serve as hypercorn_serve
-
-    await hypercorn_serve(
-        app,
-        hc,
-        shutdown_trigger=shutdown_trigger,
-        task_status=task_status,
-        mode="asgi",
-    )

@@ -23,7 +23,7 @@ from engine.mcp._protocol import (
     accepts_json_and_sse,
 )
 
-from ..test_server_support import (
+from .support import (
     HEADERS,
     PROTOCOL,
     ServerProcess,

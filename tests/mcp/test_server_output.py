@@ -11,7 +11,7 @@ import httpx
 
 from engine.mcp._protocol import fingerprint
 
-from ..test_server_support import ServerProcess, call, initialize, notify
+from .support import ServerProcess, call, initialize, notify
 
 _REQUEST_LINE = re.compile(
     r"DEBUG engine\.server: (?P<method>[A-Z]+) (?P<path>/\S*)(?: (?P<rpc>\S+))? -> "

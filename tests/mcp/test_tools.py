@@ -31,7 +31,7 @@ from engine.mcp._session import McpSession as SessionPayload
 from engine.mcp._tools import MAX_NOTE_CHARS, ToolCallError, call_tool, list_tools
 from engine.testing import FaultyFileSystem
 
-from ..test_server_support import (
+from .support import (
     HEADERS,
     PROTOCOL,
     ServerProcess,

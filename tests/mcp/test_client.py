@@ -14,7 +14,7 @@ import trio
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
-from .test_server_support import ServerProcess, session_file
+from .support import ServerProcess, session_file
 
 
 @pytest.mark.parametrize("version", ["2025-06-18", "2025-11-25"])
