@@ -22,7 +22,7 @@ import trio
 
 from ._codec import Codec, StoredSession
 from ._config import EngineConfig
-from ._core import Cause, Entry, SessionTable
+from ._core import Cause, SessionTable
 from ._errors import (
     EngineClosedError,
     InvalidSessionIdError,
@@ -278,7 +278,7 @@ class Engine(Generic[P]):
             persist_requests=config.persist_requests,
             persist_interval=config.persist_interval,
             max_sessions=config.max_sessions,
-            encode=self._encode if store is not None else None,
+            encode=codec.encode_session if store is not None else None,
             delete_expired=store is None or not store.expires_keys,
             evict_to_storage=store is not None and not store.preloads,
         )
@@ -301,11 +301,6 @@ class Engine(Generic[P]):
         """Test hook, off (``None``) by default: set it to a list and the actor appends
         ``(call, now)`` for every request it applies, in order, so a call's index is its sequence
         number (see tests/test_linearizability.py). Costs one ``is not None`` check per request."""
-
-    def _encode(self, session_id: str, entry: Entry[P]) -> bytes:
-        return self._codec.encode(
-            session_id, entry.payload, entry.created_at, entry.last_accessed_at, entry.expires
-        )
 
     # -- public API ---------------------------------------------------------------------------
     #
@@ -575,7 +570,7 @@ class Engine(Generic[P]):
         found, op = self._writer.latest(session_id)
         if found:  # storage is behind the writer for this id: the writer's newest op is the truth
             if op is not None:
-                self._insert_record(self._codec.decode(op.data), self._now())
+                self._core.load(self._codec.decode(op.data), self._now())
             return False
         self._loading[session_id] = [call]
         assert self._nursery is not None
@@ -595,7 +590,7 @@ class Engine(Generic[P]):
         calls = self._loading.pop(session_id)
         now = self._now()
         if record is not None and record.id == session_id:
-            self._insert_record(record, now)
+            self._core.load(record, now)
         resident = error is None
         for call in calls:
             resident = resident or call.kind == _CREATE  # a create needs no load
@@ -605,10 +600,6 @@ class Engine(Generic[P]):
                 call.fail(StorageError(f"cannot load session {session_id}: {error}"))
         self._submit()
         self._load_lot.unpark_all()
-
-    def _insert_record(self, record: StoredSession[P], now: float) -> None:
-        r = record
-        self._core.load(r.id, r.payload, r.created_at, r.last_accessed_at, r.expires, now)
 
     # -- open / close -------------------------------------------------------------------------
 
@@ -620,7 +611,7 @@ class Engine(Generic[P]):
         )
         now = self._now()
         for record in sorted(records, key=lambda r: r.last_accessed_at):
-            self._insert_record(record, now)
+            self._core.load(record, now)
         self._submit()  # evictions, if storage held more than max_sessions
 
     async def _close(self) -> None:
