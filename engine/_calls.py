@@ -52,11 +52,17 @@ class CallKind(enum.Enum):
     depends on the order of the kinds."""
 
     CREATE = ("create", True, False)
+    """Create or replace a session; answered when its write is durable."""
     GET = ("get", True, True)
+    """A live session's payload."""
     TOUCH = ("touch", True, True)
+    """Extend a live session's TTL."""
     GET_AND_TOUCH = ("get_and_touch", True, True)
+    """Both in one round trip: the per-request path."""
     DELETE = ("delete", True, True)
+    """Remove a session; answered when its delete is durable."""
     INFO = ("info", True, True)
+    """A live session's payload and timestamps."""
     FLUSH = ("flush", False, False)
     """Persist every dirty session; answered when all of it is durable."""
     TICK = ("tick", False, False)
