@@ -3,14 +3,22 @@ with sessions kept by an embedded engine.
 
 Routes:
 
-- ``POST /mcp``: one JSON-RPC message. ``initialize`` without a session creates one
+- ``POST /mcp``: one JSON-RPC message; the client must accept both ``application/json`` and
+  ``text/event-stream`` (else 406). ``initialize`` without a session creates one
   (``Mcp-Session-Id`` in the response); every other message needs the header, and goes through
   :meth:`~engine.Engine.get_and_touch` (one round trip to the actor). Unknown or expired ids get
   404 with a JSON-RPC error body, so the client starts over; a missing id gets 400.
-  Notifications and responses get 202; ``ping`` and ``tools/list`` (empty) get results.
+  Notifications and responses get 202; ``ping``, ``tools/list`` and ``tools/call`` (the demo
+  tools of :mod:`engine.mcp._tools`, whose state lives in the session) get results. A request
+  of the 2026-07-28 era (``server/discover``, or an ``MCP-Protocol-Version`` this server does not
+  speak) gets 400 with a plain JSON-RPC error, so a dual-era client falls back to
+  ``initialize`` (:mod:`engine.mcp._protocol`).
 - ``DELETE /mcp``: ends the session named by the header.
 - ``GET /mcp``: 405 (this server offers no SSE stream, which the spec allows).
 - ``GET /healthz``, ``GET /metrics`` (Prometheus text).
+
+At ``--log-level debug`` every request logs one line: HTTP method, path, JSON-RPC method, status,
+duration and a fingerprint of the session id (never the id: it is a bearer secret).
 
 :func:`serve` runs it until SIGINT or SIGTERM, then stops accepting, lets in-flight requests
 finish (``graceful_timeout``), closes the engine (final flush) and returns.
@@ -20,8 +28,9 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, TextIO, final
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
+from typing import TYPE_CHECKING, Any, Final, Protocol, TextIO, final
 from urllib.parse import parse_qs
 
 import msgspec
@@ -43,7 +52,24 @@ from .._ids import new_session_id, validate_session_id
 from .._open import open_engine
 from ._config import ServerConfig
 from ._metrics import Metrics
+from ._protocol import (
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    LATEST_PROTOCOL_VERSION,
+    METHOD_NOT_FOUND,
+    PARSE_ERROR,
+    SERVER_BUSY,
+    SESSION_ERROR,
+    SUPPORTED_PROTOCOL_VERSIONS,
+    Message,
+    accepts_json_and_sse,
+    fingerprint,
+    handshake_only_error,
+    is_modern_request,
+    message_problem,
+)
 from ._session import McpSession, TagFilterError, connection_from_query
+from ._tools import ToolCallError, call_tool, list_tools
 
 __all__ = [
     "LATEST_PROTOCOL_VERSION",
@@ -55,39 +81,17 @@ __all__ = [
 
 log = logging.getLogger("engine.server")
 
-LATEST_PROTOCOL_VERSION: Final = "2025-11-25"
-SUPPORTED_PROTOCOL_VERSIONS: Final = ("2025-11-25", "2025-06-18", "2025-03-26")
-"""Protocol versions of MCP streamable HTTP (the transport with session ids) this server
-speaks. A client asking for another gets the latest, as the spec says."""
-
 SERVER_NAME: Final = "engine-reference-server"
 
-# JSON-RPC error codes
-PARSE_ERROR: Final = -32700
-INVALID_REQUEST: Final = -32600
-METHOD_NOT_FOUND: Final = -32601
-INVALID_PARAMS: Final = -32602
-SESSION_ERROR: Final = -32001
-"""Used for session failures (missing, unknown, invalid), as the reference SDKs do."""
-SERVER_BUSY: Final = -32002
+SERVER_CAPABILITIES: Final = {"tools": {"listChanged": False}}
+"""What ``initialize`` advertises: only what is served (tools; no prompts, resources, logging
+or completions)."""
 
 DRAIN_FACTOR: Final = 4
 """Bodies up to this many times ``max_body_bytes`` are read and dropped before a 413."""
 
 _JSON_TYPE: Final = (b"content-type", b"application/json")
 _NO_ID: Final = msgspec.UNSET
-
-
-class _Message(msgspec.Struct, forbid_unknown_fields=False):
-    """One JSON-RPC 2.0 message: a request (method and id), a notification (method, no id) or
-    a response (result or error, and id)."""
-
-    jsonrpc: Literal["2.0"]
-    method: str | msgspec.UnsetType = msgspec.UNSET
-    id: int | str | msgspec.UnsetType | None = msgspec.UNSET
-    params: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
-    result: Any = msgspec.UNSET
-    error: Any = msgspec.UNSET
 
 
 class _ClientInfo(msgspec.Struct):
@@ -101,7 +105,7 @@ class _InitializeParams(msgspec.Struct, rename="camel"):
     capabilities: dict[str, Any] = {}
 
 
-_decoder: Final = msgspec.json.Decoder(_Message)
+_decoder: Final = msgspec.json.Decoder(Message)
 _encoder: Final = msgspec.json.Encoder()
 
 
@@ -122,13 +126,49 @@ def _error_body(code: int, message: str, request_id: object = None) -> bytes:
     )
 
 
+def _error_object_body(error: dict[str, Any], request_id: object = None) -> bytes:
+    return _encoder.encode({"jsonrpc": "2.0", "id": request_id, "error": error})
+
+
 def _result_body(request_id: object, result: object) -> bytes:
     return _encoder.encode({"jsonrpc": "2.0", "id": request_id, "result": result})
 
 
+def _printable(text: str) -> str:
+    """*text* with control characters, spaces and other non-printables escaped, so a client
+    cannot forge or break log lines (paths are percent-decoded, methods are JSON strings)."""
+    if text.isprintable() and " " not in text:
+        return text
+    return text.encode("unicode_escape").decode("ascii").replace(" ", "\\x20")
+
+
+def _log_request(scope: HTTPScope, response: _Response | None, start: float) -> None:
+    """The debug line of one request: HTTP method, path, JSON-RPC method, status (499: the
+    client went away), duration and a fingerprint of the session id, never the id."""
+    session: bytes | None = None
+    for name, value in scope["headers"]:
+        if name == b"mcp-session-id":
+            session = value
+    if response is not None and session is None:
+        for name, value in response.headers:
+            if name == b"mcp-session-id":  # a new session (initialize)
+                session = value
+    log.debug(
+        "%s %s%s -> %d in %.1f ms%s",
+        _printable(scope["method"][:20]),
+        _printable(scope["path"][:100]),
+        f" {_printable(response.rpc_method[:60])}"
+        if response is not None and response.rpc_method
+        else "",
+        499 if response is None else response.status,
+        (trio.current_time() - start) * 1000,
+        f" session {fingerprint(session)}" if session is not None else "",
+    )
+
+
 @final
 class _Response:
-    __slots__ = ("body", "headers", "status")
+    __slots__ = ("body", "headers", "rpc_method", "status")
 
     def __init__(
         self, status: int, body: bytes = b"", headers: list[tuple[bytes, bytes]] | None = None
@@ -136,6 +176,8 @@ class _Response:
         self.status = status
         self.body = body
         self.headers = headers if headers is not None else ([_JSON_TYPE] if body else [])
+        self.rpc_method: str | None = None
+        """The JSON-RPC method, once known (for the debug log line)."""
 
 
 def _json_error(status: int, code: int, message: str, request_id: object = None) -> _Response:
@@ -154,8 +196,52 @@ class _DisconnectError(Exception):
 
 _LOCAL_HOSTS: Final = frozenset({"localhost", "127.0.0.1", "[::1]"})
 _KNOWN_METHODS: Final = frozenset(
-    {"initialize", "ping", "tools/list", "notifications/initialized", "notifications/cancelled"}
+    {
+        "initialize",
+        "ping",
+        "tools/list",
+        "tools/call",
+        "server/discover",
+        "notifications/initialized",
+        "notifications/cancelled",
+    }
 )
+_TOOLS_LIST_RESULTS: Final = {
+    version: msgspec.Raw(_encoder.encode({"tools": list_tools(version)}))
+    for version in SUPPORTED_PROTOCOL_VERSIONS
+}
+"""``tools/list`` results, encoded once per protocol version."""
+
+
+@final
+class _SessionLocks:
+    """One lock per session id, held while a request changes that session (a tool call that
+    writes, a DELETE), so read-modify-write of one session's payload never interleaves and a
+    tool never writes a session back after it was deleted. An entry lives only while someone
+    holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[trio.Lock, list[int]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+    @asynccontextmanager
+    async def hold(self, session_id: str) -> AsyncIterator[None]:
+        """Hold the lock of *session_id*. Checkpoint; cancel-safe (a cancelled wait holds
+        nothing)."""
+        entry = self._locks.get(session_id)
+        if entry is None:
+            entry = self._locks[session_id] = (trio.Lock(), [0])
+        lock, users = entry
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._locks[session_id]
 
 
 @final
@@ -180,6 +266,8 @@ class McpApp:
         self.live_sessions = live_sessions
         self.max_body = config.max_body_bytes
         self.allowed_origins = frozenset(config.allowed_origins)
+        self.retry_after = b"%d" % max(1, round(config.engine.retry_interval))
+        self._locks = _SessionLocks()
 
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
@@ -201,6 +289,8 @@ class McpApp:
             response = await self._handle(scope, receive)
         except _DisconnectError:
             self.metrics.observe(route, 499, trio.current_time() - start)
+            if log.isEnabledFor(logging.DEBUG):
+                _log_request(scope, None, start)
             return
         headers = response.headers
         if response.status != 204:
@@ -215,6 +305,8 @@ class McpApp:
         )
         await send({"type": "http.response.body", "body": response.body, "more_body": False})
         self.metrics.observe(route, response.status, trio.current_time() - start)
+        if log.isEnabledFor(logging.DEBUG):
+            _log_request(scope, response, start)
 
     async def _lifespan(
         self, scope: LifespanScope, receive: ASGIReceiveCallable, send: ASGISendCallable
@@ -298,6 +390,13 @@ class McpApp:
     async def _post(
         self, scope: HTTPScope, headers: dict[bytes, bytes], receive: ASGIReceiveCallable
     ) -> _Response:
+        if not accepts_json_and_sse(headers.get(b"accept")):
+            return _json_error(
+                406,
+                INVALID_REQUEST,
+                "Not Acceptable: the client must accept both application/json and "
+                "text/event-stream (Accept header)",
+            )
         content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
         if content_type != b"application/json":
             return _json_error(
@@ -318,18 +417,35 @@ class McpApp:
             return _json_error(400, INVALID_REQUEST, f"Invalid JSON-RPC message: {exc}")
         except msgspec.DecodeError as exc:
             return _json_error(400, PARSE_ERROR, f"Parse error: {exc}")
+        problem = message_problem(message)
+        if problem is not None:
+            return _json_error(400, INVALID_REQUEST, f"Invalid Request: {problem}")
         method = message.method
-        metrics = self.metrics
         if isinstance(method, str):
-            metrics.mcp[method if method in _KNOWN_METHODS else "other"] += 1
-            if method == "initialize":
-                return await self._initialize(scope, message)
-        elif message.id is _NO_ID or (message.result is _NO_ID and message.error is _NO_ID):
-            return _json_error(400, INVALID_REQUEST, "Invalid JSON-RPC message")
+            self.metrics.mcp[method if method in _KNOWN_METHODS else "other"] += 1
+        response = await self._message(scope, headers, message)
+        if isinstance(method, str):
+            response.rpc_method = method
+        return response
 
-        raw_id = headers.get(b"mcp-session-id")
+    async def _message(
+        self, scope: HTTPScope, headers: dict[bytes, bytes], message: Message
+    ) -> _Response:
+        """Answer one valid JSON-RPC message."""
+        method = message.method
+        if method == "initialize":
+            return await self._initialize(scope, message)
         request_id = None if message.id is _NO_ID else message.id
+        raw_version = headers.get(b"mcp-protocol-version")
+        version = None if raw_version is None else raw_version.decode("latin-1")
+        if version is not None and version not in SUPPORTED_PROTOCOL_VERSIONS:
+            # 2025-06-18/2025-11-25: an unsupported version MUST get 400. This is also what a
+            # 2026-07-28 probe (server/discover) gets: a plain error, so the client falls back.
+            return _Response(400, _error_object_body(handshake_only_error(version), request_id))
+        raw_id = headers.get(b"mcp-session-id")
         if raw_id is None:
+            if is_modern_request(message, version):
+                return _Response(400, _error_object_body(handshake_only_error(None), request_id))
             return _json_error(
                 400, SESSION_ERROR, "Bad Request: Mcp-Session-Id header is required", request_id
             )
@@ -337,32 +453,64 @@ class McpApp:
             session_id = validate_session_id(raw_id.decode("latin-1"))
         except InvalidSessionIdError as exc:
             return _json_error(400, SESSION_ERROR, f"Bad Request: {exc}", request_id)
-        version = headers.get(b"mcp-protocol-version")
-        if version is not None and version.decode("latin-1") not in SUPPORTED_PROTOCOL_VERSIONS:
-            return _json_error(
-                400,
-                INVALID_REQUEST,
-                f"Bad Request: unsupported MCP-Protocol-Version {version.decode('latin-1')!r}",
-                request_id,
-            )
+        if method == "tools/call" and message.id is not _NO_ID:
+            async with self._locks.hold(session_id):
+                return await self._tools_call(session_id, message, request_id)
         try:
             session = await self.sessions.get_and_touch(session_id)
         except EngineClosedError:
             return _json_error(503, SERVER_BUSY, "Server shutting down", request_id)
         if session is None:
-            metrics.sessions_not_found += 1
+            self.metrics.sessions_not_found += 1
             return _json_error(404, SESSION_ERROR, "Session not found", request_id)
         if message.id is _NO_ID or not isinstance(method, str):
             return _Response(202)  # a notification, or a response to a server request
         if method == "ping":
             return _Response(200, _result_body(request_id, {}))
         if method == "tools/list":
-            return _Response(200, _result_body(request_id, {"tools": []}))
+            tools = _TOOLS_LIST_RESULTS.get(session.protocol_version)
+            if tools is None:  # a session stored by a version of this server with other versions
+                tools = msgspec.Raw(_encoder.encode({"tools": list_tools(LATEST_PROTOCOL_VERSION)}))
+            return _Response(200, _result_body(request_id, tools))
         return _Response(
             200, _error_body(METHOD_NOT_FOUND, f"Method not found: {method[:100]}", request_id)
         )
 
-    async def _initialize(self, scope: HTTPScope, message: _Message) -> _Response:
+    async def _tools_call(self, session_id: str, message: Message, request_id: object) -> _Response:
+        """Run a demo tool on the session; a tool that changes the session's payload writes it
+        through the engine (durable) before the answer. Runs under the session's lock."""
+        try:
+            session = await self.sessions.get_and_touch(session_id)
+        except EngineClosedError:
+            return _json_error(503, SERVER_BUSY, "Server shutting down", request_id)
+        if session is None:
+            self.metrics.sessions_not_found += 1
+            return _json_error(404, SESSION_ERROR, "Session not found", request_id)
+        params = message.params if isinstance(message.params, dict) else None
+        try:
+            outcome = call_tool(session, params)
+        except ToolCallError as exc:
+            return _Response(200, _error_body(exc.code, exc.message, request_id))
+        if outcome.payload is not None:
+            try:
+                # Replaces the live session with its new payload; returns once durable.
+                await self.sessions.create(session_id, outcome.payload)
+            except EngineClosedError:
+                return _json_error(503, SERVER_BUSY, "Server shutting down", request_id)
+            except StorageError as exc:
+                # Not durable: put the old payload back, so the failed call has no effect (its
+                # write is replaced by this one in the writer's queue), and say so.
+                log.warning("session %s: tool write failed: %s", fingerprint(session_id), exc)
+                with trio.CancelScope(shield=True), suppress(StorageError, EngineClosedError):
+                    await self.sessions.create(session_id, session)
+                response = _json_error(
+                    503, SERVER_BUSY, "Storage unavailable: the change was not saved", request_id
+                )
+                response.headers.append((b"retry-after", self.retry_after))
+                return response
+        return _Response(200, _result_body(request_id, outcome.result))
+
+    async def _initialize(self, scope: HTTPScope, message: Message) -> _Response:
         request_id = None if message.id is _NO_ID else message.id
         if message.id is _NO_ID:
             return _json_error(400, INVALID_REQUEST, "initialize must be a request (with an id)")
@@ -400,9 +548,12 @@ class McpApp:
         self.metrics.sessions_created += 1
         result = {
             "protocolVersion": version,
-            "capabilities": {"tools": {"listChanged": False}},
+            "capabilities": SERVER_CAPABILITIES,
             "serverInfo": {"name": SERVER_NAME, "version": _version()},
-            "instructions": "Sessions on this server survive restarts.",
+            "instructions": (
+                "Sessions on this server survive restarts. Its demo tools keep their state in "
+                "the session: count, remember, recall, session_info."
+            ),
         }
         return _Response(
             200,
@@ -411,6 +562,11 @@ class McpApp:
         )
 
     async def _delete(self, headers: dict[bytes, bytes]) -> _Response:
+        raw_version = headers.get(b"mcp-protocol-version")
+        if raw_version is not None:
+            version = raw_version.decode("latin-1")
+            if version not in SUPPORTED_PROTOCOL_VERSIONS:
+                return _Response(400, _error_object_body(handshake_only_error(version)))
         raw_id = headers.get(b"mcp-session-id")
         if raw_id is None:
             return _json_error(400, SESSION_ERROR, "Bad Request: Mcp-Session-Id header is required")
@@ -419,7 +575,8 @@ class McpApp:
         except InvalidSessionIdError as exc:
             return _json_error(400, SESSION_ERROR, f"Bad Request: {exc}")
         try:
-            deleted = await self.sessions.delete(session_id)
+            async with self._locks.hold(session_id):
+                deleted = await self.sessions.delete(session_id)
         except EngineClosedError:
             return _json_error(503, SERVER_BUSY, "Server shutting down")
         except StorageError as exc:
@@ -514,15 +671,24 @@ async def serve(
                         flush=True,
                     )
                 task_status.started(binds)
-        log.info("server stopped; final flush of %d sessions", engine.statistics().dirty_sessions)
-    if announce is not None:
-        stats = engine.statistics()
-        print(
-            f"engine: stopped; {_sessions(stats.live_sessions)} saved "
-            f"({stats.storage_errors} storage errors)",
-            file=announce,
-            flush=True,
+        before = engine.statistics()
+        log.info(
+            "server stopped; closing the engine: %s, %d with changes not yet written",
+            _sessions(before.live_sessions),
+            before.dirty_sessions,
         )
+    stats = engine.statistics()
+    written = stats.storage_writes - before.storage_writes
+    log.info("engine closed; the final flush wrote %s", _sessions(written))
+    if announce is not None:
+        if config.engine.storage_dir is None:
+            outcome = f"{_sessions(stats.live_sessions)} dropped (memory only)"
+        else:
+            outcome = (
+                f"{_sessions(stats.live_sessions)} saved ({written} written at shutdown, "
+                f"{stats.storage_errors} storage errors)"
+            )
+        print(f"engine: stopped; {outcome}", file=announce, flush=True)
 
 
 async def _serve_app(

@@ -50,6 +50,10 @@ class McpSession(msgspec.Struct, frozen=True, kw_only=True):
     """The client's ``capabilities`` object, as sent."""
     connection: ConnectionConfig = ConnectionConfig()
     """The tag filter from the query parameters (the original's ``InboundConnectionConfig``)."""
+    counter: int = 0
+    """State of the ``count`` demo tool (see :mod:`engine.mcp._tools`)."""
+    note: str = ""
+    """State of the ``remember``/``recall`` demo tools: the last note stored."""
 
 
 @final
