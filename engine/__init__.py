@@ -17,6 +17,7 @@ from ._errors import PayloadError as PayloadError
 from ._errors import StorageError as StorageError
 from ._errors import StorageLockedError as StorageLockedError
 from ._errors import StorageResetError as StorageResetError
+from ._ids import fingerprint as fingerprint
 from ._ids import new_session_id as new_session_id
 from ._ids import validate_session_id as validate_session_id
 from ._open import open_engine as open_engine
@@ -64,6 +65,7 @@ __all__ = [
     "TagFilterMode",
     "TagQuery",
     "WriteBatch",
+    "fingerprint",
     "load_server_config",
     "new_session_id",
     "open_engine",

@@ -6,6 +6,14 @@ drains everything queued per wake-up, applies each call to the synchronous core 
 and answers it. Storage operations go from the core's outbox to the writer after each wake-up.
 Background work (a flush tick, a sweep) runs in chunks of :data:`CHUNK` between which requests
 are served.
+
+The actor, the writer and lazy loads run shielded from cancellation: cancelling the scope
+around the engine (the trio way to shut down) must not stop them before the final flush. The
+lifecycle stops them itself (:meth:`Actor.stop`) once close is done or has given up.
+
+A create, replace or delete whose write fails is undone (:class:`_Undo`): the state before it
+is put back in memory and written back to storage, and the call raises
+:class:`~engine.StorageError`.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from functools import partial
 from typing import Any, Final, Generic, TypeVar, cast, final
 
 import trio
@@ -25,6 +34,7 @@ from ._calls import (
     GET,
     GET_AND_TOUCH,
     INFO,
+    REPLACE,
     SWEEP,
     TICK,
     TOUCH,
@@ -33,9 +43,11 @@ from ._calls import (
 )
 from ._codec import Codec
 from ._config import EngineConfig
-from ._core import Cause, SessionTable
+from ._core import Cause, Entry, SessionTable
 from ._engine import SessionInfo, Statistics
 from ._errors import EngineClosedError, StorageError
+from ._faults import LogLimiter, error_kind, suppressed_note
+from ._ids import fingerprint
 from ._writer import Notify, Waiter, Writer
 from .storage import Store, StoredSession
 
@@ -53,7 +65,69 @@ CLOSE_ATTEMPTS: Final = 3
 ``retry_interval`` after each failed batch); ``close_timeout`` bounds them all."""
 
 LOST_IDS_LOGGED: Final = 20
-"""Ids named in the error logged when a close leaves sessions not durable (then "...")."""
+"""Sessions named (by fingerprint) in the error logged when a close leaves sessions not durable
+(then "...")."""
+
+
+@final
+class _Undo(Generic[P]):
+    """Waits for the write of a create, replace or delete, keeping the session's state from
+    before it (*before*: an entry, or ``None`` for not live) so that a failed write can be
+    undone. While a session has such calls whose writes are not durable yet
+    (``Actor._unconfirmed``), a failed write undoes all of them: the state from before the
+    earliest is put back (later ones built on it) and each call fails."""
+
+    __slots__ = ("actor", "before", "call", "done")
+
+    def __init__(self, actor: Actor[P], call: Call, before: Entry[P] | None) -> None:
+        self.actor = actor
+        self.call = call
+        self.before = before
+        self.done = False
+
+    def settle(self, error: Exception | None) -> None:
+        if self.done:
+            return
+        if error is None:
+            self.done = True
+            self.actor._confirm(self)
+            self.call.reply(self.call.result)
+        else:
+            self.actor._undo(self.call.session_id, error)
+
+    def abandon(self, error: Exception) -> None:
+        """Close gave up: fail the call, undoing nothing (the engine is gone)."""
+        self.done = True
+        self.call.fail(error)
+
+
+@final
+class _FlushWaiter:
+    """Waits for a flush's batch; the flush fails if a session could not be encoded since the
+    flush was applied (its write was skipped), even if every write that was made succeeded."""
+
+    __slots__ = ("call", "core", "encode_errors")
+
+    def __init__(self, call: Call, core: SessionTable[Any], encode_errors: int) -> None:
+        self.call = call
+        self.core = core
+        self.encode_errors = encode_errors
+
+    def settle(self, error: Exception | None) -> None:
+        core = self.core
+        if error is None and core.encode_errors > self.encode_errors:
+            self.call.fail(
+                StorageError(
+                    f"{len(core.unencodable)} sessions could not be encoded (their payloads "
+                    "were changed after create into something that cannot be stored); they "
+                    "were not written"
+                )
+            )
+        else:
+            self.call.settle(error)
+
+    def abandon(self, error: Exception) -> None:
+        self.call.fail(error)
 
 
 @final
@@ -90,7 +164,12 @@ class Actor(Generic[P]):
         )
         self._flush_budget = 0
         self._flush_cause = Cause.TICK
-        self._flush_waiters: list[Call] = []
+        self._flush_waiters: list[tuple[Call, int]] = []
+        """Flush calls waiting for the flush to be submitted, with the encode error count when
+        each was applied."""
+        self._unconfirmed: dict[str, list[_Undo[P]]] = {}
+        """Per id, the creates, replaces and deletes whose writes are not durable yet, in the
+        order they were applied."""
         self._sweep_due = False
         self._sweeper: Call | None = None
         self._high_water = 0
@@ -98,9 +177,14 @@ class Actor(Generic[P]):
         self._lazy = store is not None and not store.preloads
         self._loading: dict[str, list[Call]] = {}
         self._load_lot = trio.lowlevel.ParkingLot()
+        self._load_log = LogLimiter()
         self._nursery: trio.Nursery | None = None
+        self._shields: set[trio.CancelScope] = set()
+        self._sweep_wait: trio.CancelScope | None = None
         self._actor_done = trio.Event()
         self._writer_done = trio.Event()
+        self.lost_at_close = 0
+        """Sessions whose latest state was not durable when the engine closed."""
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -116,15 +200,32 @@ class Actor(Generic[P]):
 
     def start(self, nursery: trio.Nursery) -> None:
         """Start the actor, the writer and the tickers in *nursery*; lazy loads run there too.
-        The nursery must outlive :meth:`close`."""
+        The actor, the writer and lazy loads are shielded from cancellation: cancelling the
+        nursery does not stop them, :meth:`stop` does. The nursery must outlive :meth:`close`."""
         self._nursery = nursery
         nursery.start_soon(self._run_flush_ticker)
         nursery.start_soon(self._run_sweeper)
-        nursery.start_soon(_run_then_set, self._run, self._actor_done)
+        nursery.start_soon(self._shielded, self._run, self._actor_done)
         if self.writer is not None:
-            nursery.start_soon(_run_then_set, self.writer.run, self._writer_done)
+            nursery.start_soon(self._shielded, self.writer.run, self._writer_done)
         else:
             self._writer_done.set()
+
+    def stop(self) -> None:
+        """Cancel the shielded tasks (the actor, the writer, lazy loads): after :meth:`close`,
+        done or given up. Not a checkpoint."""
+        for scope in self._shields:
+            scope.cancel()
+
+    async def _shielded(self, fn: Callable[[], Any], done: trio.Event | None = None) -> None:
+        with trio.CancelScope(shield=True) as scope:
+            self._shields.add(scope)
+            try:
+                await fn()
+            finally:
+                self._shields.discard(scope)
+                if done is not None:
+                    done.set()
 
     async def close(self) -> None:
         """Stop taking requests (callers get :class:`~engine.EngineClosedError`), let the actor
@@ -150,9 +251,10 @@ class Actor(Generic[P]):
             notify = Notify()
             writer.wait(None, notify, probe=True)  # probe: a removed folder is noticed here too
             await notify.event.wait()
-            if notify.error is None and not core.dirty:
-                break
-            log.warning("final flush: writes failed (%s), retrying", notify.error)
+            if notify.error is None and len(core.dirty) == len(core.unencodable):
+                break  # what is left cannot be encoded: another round would not write it
+            if notify.error is not None:
+                log.warning("final flush: writes failed (%s), retrying", error_kind(notify.error))
         writer.close()
         await self._writer_done.wait()
 
@@ -160,8 +262,9 @@ class Actor(Generic[P]):
         """After close: fail every call still waiting (a close that gave up at
         ``close_timeout`` leaves some) and log what is not durable."""
         error = EngineClosedError("the engine closed before this request completed")
-        waiters: list[Waiter] = [*self._flush_waiters]
+        waiters: list[Waiter] = [call for call, _ in self._flush_waiters]
         self._flush_waiters.clear()
+        self._unconfirmed.clear()
         for calls in self._loading.values():
             waiters.extend(calls)
         self._loading.clear()
@@ -173,17 +276,22 @@ class Actor(Generic[P]):
         writer = self.writer
         if writer is not None:
             waiters.extend(writer.outstanding())
-            lost = sorted({*writer.pending, *writer.in_flight, *self.core.dirty})
+            lost = {*writer.pending, *writer.in_flight, *self.core.dirty}
+            self.lost_at_close = len(lost)
             if lost:
+                shown = sorted(fingerprint(sid) for sid in lost)
                 more = ", ..." if len(lost) > LOST_IDS_LOGGED else ""
                 log.error(
-                    "engine closed with %d sessions not durable: %s",
+                    "engine closed with %d sessions not durable (their latest changes are "
+                    "lost); fingerprints: %s",
                     len(lost),
-                    ", ".join(lost[:LOST_IDS_LOGGED]) + more,
+                    ", ".join(shown[:LOST_IDS_LOGGED]) + more,
                 )
         for waiter in waiters:
             if isinstance(waiter, Call):
                 waiter.fail(error)
+            elif isinstance(waiter, (_Undo, _FlushWaiter)):
+                waiter.abandon(error)
             else:
                 waiter.settle(error)
 
@@ -201,6 +309,7 @@ class Actor(Generic[P]):
             pending_writes=(len(writer.pending) + len(writer.in_flight)) if writer else 0,
             queue_high_water=self._high_water,
             requests=core.applied,
+            lost_at_close=self.lost_at_close,
         )
 
     # -- the actor task -----------------------------------------------------------------------
@@ -252,11 +361,22 @@ class Actor(Generic[P]):
         elif kind is TOUCH:
             call.reply(core.touch(call.session_id, now))
         elif kind is CREATE:
-            core.create(call.session_id, cast(P, call.arg), now)
-            self._reply_when_durable(call)
+            before = core.create(call.session_id, cast(P, call.arg), now)
+            self._reply_when_durable(call, before)
+        elif kind is REPLACE:
+            before = core.replace(call.session_id, cast(P, call.arg), now)
+            call.result = before is not None
+            if before is None:
+                call.reply(False)
+            else:
+                self._reply_when_durable(call, before)
         elif kind is DELETE:
-            call.result = core.delete(call.session_id, now)
-            self._reply_when_durable(call)
+            before = core.delete(call.session_id, now)
+            call.result = before is not None
+            if before is None:
+                call.reply(False)
+            else:
+                self._reply_when_durable(call, before)
         elif kind is INFO:
             e = core.entry(call.session_id, now)
             call.reply(
@@ -268,7 +388,7 @@ class Actor(Generic[P]):
             )
         elif kind is FLUSH:
             self._start_flush(Cause.FLUSH)
-            self._flush_waiters.append(call)
+            self._flush_waiters.append((call, core.encode_errors))
             if not self._flush_budget:
                 self._finish_flush()
         elif kind is TICK:
@@ -278,14 +398,46 @@ class Actor(Generic[P]):
             self._sweep_due = True
             self._sweeper = call  # answered when the sweep is done
 
-    def _reply_when_durable(self, call: Call) -> None:
+    def _reply_when_durable(self, call: Call, before: Entry[P] | None) -> None:
         """Reply ``call.result`` once the call's storage operation is durable (at once if it
-        made none)."""
-        if self.writer is None or call.session_id not in self.core.outbox:
+        made none); if it fails, undo the call (*before*: the session's state before it)."""
+        session_id = call.session_id
+        if self.writer is None or session_id not in self.core.outbox:
             call.reply(call.result)
             return
         self._submit()
-        self.writer.wait(call.session_id, call)
+        undo = _Undo(self, call, before)
+        self._unconfirmed.setdefault(session_id, []).append(undo)
+        self.writer.wait(session_id, undo)
+
+    def _confirm(self, undo: _Undo[P]) -> None:
+        """*undo*'s write is durable: it can no longer be undone."""
+        session_id = undo.call.session_id
+        pending = self._unconfirmed.get(session_id)
+        if pending is not None:
+            pending.remove(undo)
+            if not pending:
+                del self._unconfirmed[session_id]
+
+    def _undo(self, session_id: str, error: Exception) -> None:
+        """A write of *session_id* failed while creates, replaces or deletes of it were not
+        durable: put back the state from before the earliest of them (in memory, and queue the
+        write or delete that makes storage match) and fail each of them."""
+        undos = self._unconfirmed.pop(session_id, None)
+        if not undos:
+            return
+        core = self.core
+        core.restore(session_id, undos[0].before, self._now())
+        if session_id not in core.outbox and self.writer is not None:
+            # The old state could not be encoded (its payload was mutated): do not retry the
+            # failed operation either; the session stays dirty and is retried as such.
+            self.writer.pending.pop(session_id, None)
+        self._submit()
+        self._expiry_may_be_earlier()
+        message = f"storage write failed ({error_kind(error)}); the change was undone"
+        for undo in undos:
+            undo.done = True
+            undo.call.fail(StorageError(message))
 
     def _submit(self) -> None:
         if self.core.outbox and self.writer is not None:
@@ -301,12 +453,12 @@ class Actor(Generic[P]):
     def _finish_flush(self) -> None:
         waiters, self._flush_waiters = self._flush_waiters, []
         if self.writer is None:
-            for call in waiters:
+            for call, _ in waiters:
                 call.reply(None)
             return
         self._submit()
-        for call in waiters:
-            self.writer.wait(None, call)
+        for call, encode_errors in waiters:
+            self.writer.wait(None, _FlushWaiter(call, self.core, encode_errors))
 
     def _background_step(self) -> None:
         now = self._now()
@@ -338,16 +490,28 @@ class Actor(Generic[P]):
 
     async def _run_sweeper(self) -> None:
         # Creates always expire after every live session, so the earliest expiry only moves
-        # earlier through a lazy load: then the sweeper also wakes every flush_interval.
+        # earlier through a lazy load (then the sweeper also wakes every flush_interval) or an
+        # undo (which moves the wait's deadline: _expiry_may_be_earlier).
         longest = self.config.flush_interval if self._lazy else math.inf
         while True:
             deadline = self.core.next_expiry()
             delay = self.config.ttl if deadline is None else deadline - self._now()
-            await trio.sleep(min(max(delay, 0.0), longest))
+            with trio.CancelScope() as wait:
+                wait.deadline = trio.current_time() + min(max(delay, 0.0), longest)
+                self._sweep_wait = wait
+                await trio.sleep_forever()
+            self._sweep_wait = None
             try:
                 await request(self.send, SWEEP, "")  # returns when the sweep is done
             except EngineClosedError:
                 return
+
+    def _expiry_may_be_earlier(self) -> None:
+        """A session was put back with an expiry that may come before the sweeper's wake-up:
+        wake it earlier if so."""
+        wait, deadline = self._sweep_wait, self.core.next_expiry()
+        if wait is not None and deadline is not None:
+            wait.deadline = min(wait.deadline, trio.current_time() + deadline - self._now())
 
     # -- lazy loading (stores that do not preload, such as a shared Redis) ---------------------
 
@@ -369,7 +533,7 @@ class Actor(Generic[P]):
             return False
         self._loading[session_id] = [call]
         assert self._nursery is not None
-        self._nursery.start_soon(self._load_one, session_id)
+        self._nursery.start_soon(self._shielded, partial(self._load_one, session_id))
         return True
 
     async def _load_one(self, session_id: str) -> None:
@@ -379,7 +543,14 @@ class Actor(Generic[P]):
         try:
             record = await self._store.load_one(session_id, self.codec.decode)
         except Exception as exc:
-            log.error("loading session %s failed: %s", session_id, exc)
+            suppressed = self._load_log.allow(trio.current_time())
+            if suppressed is not None:
+                log.error(
+                    "loading session %s failed: %s%s",
+                    fingerprint(session_id),
+                    error_kind(exc),
+                    suppressed_note(suppressed),
+                )
             error = exc
         # Synchronous from here: this is a state change like any other the actor makes.
         calls = self._loading.pop(session_id)
@@ -392,13 +563,9 @@ class Actor(Generic[P]):
             if resident:
                 self._apply(call, now, resident=True)
             else:
-                call.fail(StorageError(f"cannot load session {session_id}: {error}"))
+                assert error is not None
+                failure = StorageError(f"cannot load the session: {error_kind(error)}")
+                failure.__cause__ = error  # the store's own error, for the caller only
+                call.fail(failure)
         self._submit()
         self._load_lot.unpark_all()
-
-
-async def _run_then_set(fn: Callable[[], Any], done: trio.Event) -> None:
-    try:
-        await fn()
-    finally:
-        done.set()

@@ -24,6 +24,7 @@ import outcome
 import trio
 
 from ._errors import EngineClosedError, InvalidSessionIdError, StorageError
+from ._faults import error_kind
 from ._ids import validate_session_id
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "GET_AND_TOUCH",
     "INFO",
     "PARKED",
+    "REPLACE",
     "SENDING",
     "SWEEP",
     "TICK",
@@ -61,6 +63,8 @@ class CallKind(enum.Enum):
     """Both in one round trip: the per-request path."""
     DELETE = ("delete", True, True)
     """Remove a session; answered when its delete is durable."""
+    REPLACE = ("replace", True, True)
+    """A live session's new payload; answered when its write is durable."""
     INFO = ("info", True, True)
     """A live session's payload and timestamps."""
     FLUSH = ("flush", False, False)
@@ -101,6 +105,7 @@ GET: Final = CallKind.GET
 TOUCH: Final = CallKind.TOUCH
 GET_AND_TOUCH: Final = CallKind.GET_AND_TOUCH
 DELETE: Final = CallKind.DELETE
+REPLACE: Final = CallKind.REPLACE
 INFO: Final = CallKind.INFO
 FLUSH: Final = CallKind.FLUSH
 TICK: Final = CallKind.TICK
@@ -158,11 +163,12 @@ class Call:
 
     def settle(self, error: Exception | None) -> None:
         """Writer callback: the call's write (or, for a flush, its batch) is done. Answers with
-        :attr:`result`, or a :class:`~engine.StorageError` if the write failed."""
+        :attr:`result`, or a :class:`~engine.StorageError` if the write failed (its message
+        names the kind of error, never a file: file names derive from session ids)."""
         if error is None:
             self.reply(self.result)
         else:
-            self.fail(StorageError(f"storage write failed (it will be retried): {error}"))
+            self.fail(StorageError(f"storage write failed ({error_kind(error)}); it is retried"))
 
 
 async def request(

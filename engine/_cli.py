@@ -3,7 +3,8 @@
 ``serve`` runs the reference MCP server; ``inspect``, ``stats`` and ``purge`` work on a storage
 folder; ``demo`` shows sessions surviving a restart. Exit codes: 0 success, 1 error,
 2 usage, 3 missing folder, 4 folder held by a running engine, 5 not a session store,
-6 invalid configuration.
+6 invalid configuration, 7 ``serve`` stopped but its final flush could not write every session
+(storage failed: their latest changes are lost).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ __all__ = [
     "EXIT_LOCKED",
     "EXIT_MISSING",
     "EXIT_NOT_A_STORE",
+    "EXIT_NOT_SAVED",
     "EXIT_OK",
     "main",
 ]
@@ -55,6 +57,8 @@ EXIT_MISSING: Final = 3
 EXIT_LOCKED: Final = 4
 EXIT_NOT_A_STORE: Final = 5
 EXIT_BAD_CONFIG: Final = 6
+EXIT_NOT_SAVED: Final = 7
+"""``serve`` stopped, but the final flush gave up with sessions not written (storage failed)."""
 
 
 class _CliError(Exception):
@@ -85,7 +89,7 @@ def _serve(args: argparse.Namespace) -> int:
         stream=sys.stderr,
     )
     try:
-        trio.run(partial(serve, config, announce=sys.stdout))
+        stats = trio.run(partial(serve, config, announce=sys.stdout))
     except Exception as exc:  # nurseries wrap errors in groups: look at the one inside
         error = _single(exc)
         if isinstance(error, ConfigError):  # a bound the system cannot give (open files)
@@ -101,6 +105,12 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"engine serve: cannot listen on {_address(config)}: {error}", file=sys.stderr)
             return EXIT_ERROR
         raise
+    if stats.lost_at_close:
+        print(
+            f"engine serve: {stats.lost_at_close} sessions were not saved (storage failed)",
+            file=sys.stderr,
+        )
+        return EXIT_NOT_SAVED
     return EXIT_OK
 
 
@@ -439,7 +449,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m engine",
         description="A session engine for trio servers.",
         epilog="exit codes: 0 ok, 1 error, 2 usage, 3 missing folder, 4 folder in use by a "
-        "running engine, 5 not a session store, 6 invalid configuration",
+        "running engine, 5 not a session store, 6 invalid configuration, 7 serve stopped "
+        "with sessions not saved (storage failed)",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 

@@ -22,6 +22,8 @@ from typing import Final, Generic, Protocol, TypeVar, final
 
 import msgspec
 
+from ._faults import LogLimiter, error_kind, suppressed_note
+from ._ids import fingerprint
 from .storage import Put
 
 __all__ = [
@@ -77,6 +79,8 @@ class Cause(enum.Enum):
 
     CREATE = "create"
     """A create: written at once, and the create returns when it is durable."""
+    REPLACE = "replace"
+    """A replace (a live session's new payload): written at once, like a create."""
     REQUESTS = "requests"
     """The touch-count trigger (N touches since the last persist)."""
     INTERVAL = "interval"
@@ -85,6 +89,9 @@ class Cause(enum.Enum):
     """The periodic flush tick."""
     FLUSH = "flush"
     """An explicit flush, or the final flush at close."""
+    ROLLBACK = "rollback"
+    """A create, replace or delete whose write failed was undone: the state before it is
+    written back."""
 
 
 class Entry(msgspec.Struct, Generic[P], gc=False):
@@ -139,27 +146,50 @@ class SessionTable(Generic[P]):
         """Ids touched since their last persist, oldest first (an ordered set)."""
         self.outbox: dict[str, Put | None] = {}
         """Storage operations produced since the last :meth:`take_outbox`, latest per id."""
-        # (expires when pushed, id): a lazy min-heap, at least one item per live session. An item
-        # is stale when its session is gone; when a session's expiry moved later (a touch, or a
-        # re-create), its item is pushed again with the new time when it surfaces. Expires
-        # only moves later, so the first item whose time matches its session is the minimum.
+        # (time, id): a lazy min-heap with at least one item per live session, whose time is at
+        # or before the session's expiry: min(expires, push time + ttl). A touch sets expires to
+        # touch time + ttl, never before any such item, so the invariant holds without any work
+        # per touch, also when a touch moves expires earlier (a session stored by a run with a
+        # longer ttl). An item is stale when its session is gone; when an item surfaces before
+        # its session's expiry, it is pushed again (with the same rule). So the first item is
+        # at or before the earliest expiry, and expire() finds every due session.
         self._heap: list[tuple[float, str]] = []
         self.persists: dict[Cause, int] = dict.fromkeys(Cause, 0)
         self.expired = 0
         self.evicted = 0
         self.encode_errors = 0
+        self.unencodable: dict[str, None] = {}
+        """Live ids whose last encode failed (a payload mutated after create); a subset of
+        :attr:`dirty`."""
+        self._encode_log = LogLimiter()
         self.applied = 0
         """Requests applied so far; the sequence number of the last one."""
 
     # -- requests -----------------------------------------------------------------------------
 
-    def create(self, session_id: str, payload: P, now: float) -> None:
-        """Create *session_id*, replacing a live session of that id. Writes it at once."""
+    def create(self, session_id: str, payload: P, now: float) -> Entry[P] | None:
+        """Create *session_id*, replacing a live session of that id. Writes it at once. Returns
+        the entry it replaced (``None`` if the id was not live), for :meth:`restore`."""
         self.applied += 1
-        if self._live(session_id, now) is None:
+        previous = self._live(session_id, now)
+        if previous is None:
             self._make_room(now)
-        self._insert(session_id, Entry(payload, now, now, now + self.ttl, now))
+        self._insert(session_id, Entry(payload, now, now, now + self.ttl, now), now)
         self._persist(session_id, Cause.CREATE, now)
+        return previous
+
+    def replace(self, session_id: str, payload: P, now: float) -> Entry[P] | None:
+        """Give a live session a new payload, keeping its ``created_at``; it counts as a touch
+        (the TTL restarts). Writes it at once. Returns the entry it replaced (for
+        :meth:`restore`), or ``None``, changing nothing, if the id is unknown or expired."""
+        self.applied += 1
+        previous = self._live(session_id, now)
+        if previous is None:
+            return None
+        entry = Entry(payload, previous.created_at, now, now + self.ttl, now)
+        self._insert(session_id, entry, now)
+        self._persist(session_id, Cause.REPLACE, now)
+        return previous
 
     def get(self, session_id: str, now: float) -> P | None:
         """The payload of a live session, else ``None``. Does not extend the TTL."""
@@ -184,15 +214,32 @@ class SessionTable(Generic[P]):
         self.applied += 1
         return self._live(session_id, now)
 
-    def delete(self, session_id: str, now: float) -> bool:
-        """Remove a session from memory and storage. True if it was live."""
+    def delete(self, session_id: str, now: float) -> Entry[P] | None:
+        """Remove a session from memory and storage. Returns the removed entry (for
+        :meth:`restore`), ``None`` if it was not live."""
         self.applied += 1
-        live = self._live(session_id, now) is not None
-        if live:
+        entry = self._live(session_id, now)
+        if entry is not None:
             self._remove(session_id)
             if self._encode is not None:
                 self.outbox[session_id] = None
-        return live
+        return entry
+
+    def restore(self, session_id: str, entry: Entry[P] | None, now: float) -> None:
+        """Make *entry* the state of *session_id* again (``None``: not live), whatever it is
+        now, and queue the storage operation that makes storage match (a write of *entry*, or a
+        delete): the undo of creates, replaces and deletes whose write failed. An *entry* that
+        has expired meanwhile is not put back."""
+        if entry is None or entry.expires <= now:
+            if session_id in self.sessions:
+                self._remove(session_id)
+            if self._encode is not None:
+                self.outbox[session_id] = None
+            return
+        if session_id not in self.sessions:
+            self._make_room(now)
+        self._insert(session_id, entry, now)
+        self._persist(session_id, Cause.ROLLBACK, now)
 
     # -- loading ------------------------------------------------------------------------------
 
@@ -206,7 +253,7 @@ class SessionTable(Generic[P]):
         entry = Entry(
             record.payload, record.created_at, record.last_accessed_at, record.expires, now
         )
-        self._insert(session_id, entry)
+        self._insert(session_id, entry, now)
         return True
 
     # -- background work ----------------------------------------------------------------------
@@ -232,7 +279,7 @@ class SessionTable(Generic[P]):
             if entry is None:
                 continue
             if entry.expires > now:
-                heapq.heappush(heap, (entry.expires, session_id))
+                heapq.heappush(heap, (min(entry.expires, now + self.ttl), session_id))
                 continue
             self._expire(session_id)
             removed += 1
@@ -258,15 +305,15 @@ class SessionTable(Generic[P]):
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _insert(self, session_id: str, entry: Entry[P]) -> None:
+    def _insert(self, session_id: str, entry: Entry[P], now: float) -> None:
         self.sessions[session_id] = entry
-        heapq.heappush(self._heap, (entry.expires, session_id))
+        heapq.heappush(self._heap, (min(entry.expires, now + self.ttl), session_id))
         if len(self._heap) > HEAP_COMPACT_FACTOR * len(self.sessions) + HEAP_COMPACT_SLACK:
-            self._compact_heap()
+            self._compact_heap(now)
 
-    def _compact_heap(self) -> None:
-        sessions = self.sessions
-        self._heap = [(e.expires, sid) for sid, e in sessions.items()]
+    def _compact_heap(self, now: float) -> None:
+        cap = now + self.ttl
+        self._heap = [(min(e.expires, cap), sid) for sid, e in self.sessions.items()]
         heapq.heapify(self._heap)
 
     def _live(self, session_id: str, now: float) -> Entry[P] | None:
@@ -299,20 +346,41 @@ class SessionTable(Generic[P]):
         entry = self.sessions[session_id]
         try:
             data = encode(session_id, entry)
-        except Exception:  # a payload mutated after create into something unencodable
-            log.exception("cannot encode session %s; it stays dirty", session_id)
-            self.encode_errors += 1
-            self.dirty[session_id] = None
+        except Exception as exc:  # a payload mutated after create into something unencodable
+            self._encode_failed(session_id, exc, now)
             return
         self.outbox[session_id] = Put(data, entry.expires)
         entry.touches = 0
         entry.last_persist = now
         self.dirty.pop(session_id, None)
+        if self.unencodable:
+            self.unencodable.pop(session_id, None)
         self.persists[cause] += 1
+
+    def _encode_failed(self, session_id: str, error: Exception, now: float) -> None:
+        """The session stays dirty, moved behind every other dirty session, so a flush (which
+        persists a number of dirty sessions from the front) tries each of the others too."""
+        self.encode_errors += 1
+        self.dirty.pop(session_id, None)
+        self.dirty[session_id] = None
+        self.unencodable[session_id] = None
+        suppressed = self._encode_log.allow(now)
+        if suppressed is not None:
+            log.error(
+                "cannot encode session %s (%s): its payload was changed after create into "
+                "something that cannot be stored; it stays dirty (%d sessions cannot be "
+                "encoded)%s",
+                fingerprint(session_id),
+                error_kind(error),
+                len(self.unencodable),
+                suppressed_note(suppressed),
+            )
 
     def _remove(self, session_id: str) -> None:
         del self.sessions[session_id]
         self.dirty.pop(session_id, None)
+        if self.unencodable:
+            self.unencodable.pop(session_id, None)
 
     def _expire(self, session_id: str) -> None:
         self._remove(session_id)
@@ -331,8 +399,9 @@ class SessionTable(Generic[P]):
             entry = self.sessions.get(session_id)
             if entry is None:
                 continue
-            if entry.expires > pushed:
-                heapq.heappush(heap, (entry.expires, session_id))
+            due = min(entry.expires, now + self.ttl)
+            if due > pushed:  # not the earliest: push it back (see the heap's invariant)
+                heapq.heappush(heap, (due, session_id))
                 continue
             if self._evict_to_storage:
                 if session_id in self.dirty:

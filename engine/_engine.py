@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar, cast, final
 import attrs
 import trio
 
-from ._calls import CREATE, DELETE, FLUSH, GET, GET_AND_TOUCH, INFO, TOUCH, request
+from ._calls import CREATE, DELETE, FLUSH, GET, GET_AND_TOUCH, INFO, REPLACE, TOUCH, request
 from ._config import EngineConfig
 from ._errors import InvalidSessionIdError, PayloadError
 from ._ids import validate_session_id
@@ -52,8 +52,9 @@ class Statistics:
     dirty_sessions: int
     """Sessions touched since their last persist."""
     persists: dict[str, int]
-    """Records written, by cause: ``create``, ``requests`` (N touches), ``interval`` (M
-    seconds), ``tick`` (flush tick), ``flush`` (explicit flush and close)."""
+    """Records written, by cause: ``create``, ``replace``, ``requests`` (N touches),
+    ``interval`` (M seconds), ``tick`` (flush tick), ``flush`` (explicit flush and close),
+    ``rollback`` (the state from before a create, replace or delete whose write failed)."""
     expired: int
     """Sessions removed because their TTL ran out."""
     evicted: int
@@ -62,13 +63,17 @@ class Statistics:
     """Storage operations (puts and deletes) that completed."""
     storage_errors: int
     """Storage operations that failed, plus records that could not be encoded (each is
-    retried)."""
+    retried; a failed create, replace or delete is undone)."""
     pending_writes: int
     """Storage operations queued or in flight."""
     queue_high_water: int
     """Most requests the actor found queued at one wake-up."""
     requests: int
     """Requests applied by the actor."""
+    lost_at_close: int = 0
+    """After close: sessions whose latest state did not reach storage (a write or delete
+    still failing, or a payload that cannot be encoded, when the final flush gave up). 0
+    before close and after a close that wrote everything."""
 
 
 @final
@@ -81,9 +86,16 @@ class Engine(Generic[P]):
     (``close_timeout``) get it too.
 
     Cancellation: every async method is a checkpoint, also when it raises. If it raises
-    ``Cancelled`` before the actor applied the request, the request has no effect. ``create``
-    and ``delete`` also wait for their write to be durable; a cancel during that wait leaves the
-    change applied in memory and its write continuing.
+    ``Cancelled`` before the actor applied the request, the request has no effect. ``create``,
+    ``replace`` and ``delete`` also wait for their write to be durable; a cancel during that
+    wait leaves the change applied in memory and its write continuing (undone if it fails).
+
+    Storage faults: a ``create``, ``replace`` or ``delete`` whose write fails raises
+    :class:`~engine.StorageError` and is undone: the session's state from before the call is
+    put back in memory and written back to storage (the retry of a failed create is a delete,
+    so a half-written record cannot come back after a crash). Calls made meanwhile may have
+    seen the change (it was applied while its write was in flight); a later create, replace or
+    delete of the same id whose write was not durable yet is undone with it and fails too.
     """
 
     def __init__(self, actor: Actor[P]) -> None:
@@ -102,9 +114,10 @@ class Engine(Generic[P]):
 
         With storage, returns once the record is durable. Raises :class:`~engine.PayloadError`
         if *payload* is not a valid ``payload_type`` (nothing is applied);
-        :class:`~engine.StorageError` if the write failed (the session is live in memory and the
-        write is retried). Checkpoint. Cancel-safe until applied; cancelled while waiting for
-        durability, the session stays created and its write continues. After close:
+        :class:`~engine.StorageError` if the write failed: the create is undone (an id that was
+        not live is not live, in memory or, once the retried delete lands, in storage; a
+        session it replaced is back). Checkpoint. Cancel-safe until applied; cancelled while
+        waiting for durability, the session stays created and its write continues. After close:
         :class:`~engine.EngineClosedError`.
         """
         try:
@@ -114,6 +127,25 @@ class Engine(Generic[P]):
             await trio.lowlevel.checkpoint()
             raise
         await request(self._send, CREATE, session_id, checked)
+
+    async def replace(self, session_id: str, payload: P) -> bool:
+        """Give a live session a new payload, keeping its ``created_at``; it counts as a touch
+        (the TTL restarts). Returns False, changing nothing, for an unknown or expired id.
+
+        With storage, returns once the new record is durable. Raises
+        :class:`~engine.PayloadError` if *payload* is not a valid ``payload_type`` (nothing is
+        applied); :class:`~engine.StorageError` if the write failed: the replace is undone (the
+        session keeps its previous payload, in memory and in storage). Checkpoint. Cancel-safe
+        until applied; cancelled while waiting for durability, the new payload stays and its
+        write continues. After close: :class:`~engine.EngineClosedError`.
+        """
+        try:
+            validate_session_id(session_id)
+            checked = self._codec.check_payload(payload)
+        except (InvalidSessionIdError, PayloadError):
+            await trio.lowlevel.checkpoint()
+            raise
+        return cast(bool, await request(self._send, REPLACE, session_id, checked))
 
     async def get(self, session_id: str) -> P | None:
         """The payload of a live session, or ``None`` if it is unknown or expired. Does not
@@ -135,10 +167,10 @@ class Engine(Generic[P]):
 
     async def delete(self, session_id: str) -> bool:
         """Remove a session from memory and storage; True if it was live. With storage, returns
-        once the delete is durable (raises :class:`~engine.StorageError` if it failed; the
-        session is gone from memory and the delete is retried). Checkpoint. Cancel-safe until
-        applied; cancelled while waiting for durability, the delete stands and its write
-        continues. After close :class:`~engine.EngineClosedError`."""
+        once the delete is durable (raises :class:`~engine.StorageError` if it failed: the
+        delete is undone, the session is live again and written back to storage). Checkpoint.
+        Cancel-safe until applied; cancelled while waiting for durability, the delete stands and
+        its write continues. After close :class:`~engine.EngineClosedError`."""
         return cast(bool, await request(self._send, DELETE, session_id))
 
     async def info(self, session_id: str) -> SessionInfo[P] | None:
@@ -148,9 +180,11 @@ class Engine(Generic[P]):
 
     async def flush(self) -> None:
         """Persist every dirty session and wait until everything applied before this call is
-        durable. Raises :class:`~engine.StorageError` if a write failed (it is retried). Without
-        storage, returns after one round trip. Checkpoint; cancel-safe (a cancelled flush still
-        completes in the background); after close :class:`~engine.EngineClosedError`."""
+        durable. Raises :class:`~engine.StorageError` if a write failed (it is retried), or if
+        a session could not be encoded (a payload mutated after create; its write was skipped,
+        the others were made). Without storage, returns after one round trip. Checkpoint;
+        cancel-safe (a cancelled flush still completes in the background); after close
+        :class:`~engine.EngineClosedError`."""
         await request(self._send, FLUSH, "")
 
     def statistics(self) -> Statistics:

@@ -7,6 +7,8 @@ derives from the builtin family a caller would naturally catch (``ValueError`` f
 
 from __future__ import annotations
 
+import errno
+import os
 from typing import final
 
 import trio
@@ -20,6 +22,7 @@ __all__ = [
     "StorageError",
     "StorageLockedError",
     "StorageResetError",
+    "error_kind",
 ]
 
 
@@ -67,3 +70,17 @@ class StorageLockedError(StorageError):
 class StorageResetError(StorageError):
     """The store lost what it held (its folder was removed or replaced under a running engine)
     and has been set up anew. The engine answers by rewriting every live session."""
+
+
+def error_kind(error: BaseException) -> str:
+    """*error* described without naming any file, for logs and messages: ``ENOSPC (No space
+    left on device)`` for an OS error (its message would name the file, and session files are
+    named after session ids, which are secrets), class and message for the engine's own errors
+    (their messages name folders, never sessions), else the class name only (a foreign message
+    could hold anything)."""
+    if isinstance(error, OSError) and error.errno is not None:
+        name = errno.errorcode.get(error.errno, f"errno {error.errno}")
+        return f"{name} ({os.strerror(error.errno)})"
+    if isinstance(error, EngineError):
+        return f"{type(error).__name__}: {error}"
+    return type(error).__name__

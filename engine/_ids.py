@@ -1,13 +1,14 @@
-"""Session ids: generation and validation."""
+"""Session ids: generation, validation, and the fingerprint that names one in logs."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 import uuid
 
 from ._errors import InvalidSessionIdError
 
-__all__ = ["MAX_SESSION_ID_LENGTH", "new_session_id", "validate_session_id"]
+__all__ = ["MAX_SESSION_ID_LENGTH", "fingerprint", "new_session_id", "validate_session_id"]
 
 MAX_SESSION_ID_LENGTH = 256
 """Longest accepted session id, in characters."""
@@ -42,3 +43,11 @@ def validate_session_id(session_id: object) -> str:
             why = "may only contain visible ASCII characters other than '/' and '\\'"
         raise InvalidSessionIdError(f"invalid session id {shown!r}: {why}")
     return session_id
+
+
+def fingerprint(session_id: str | bytes) -> str:
+    """A short, stable name for a session id that can go into logs: the first 8 hex digits of
+    its SHA-256 (the same digits that start the file name of an id the directory store hashes).
+    Session ids are bearer secrets: the engine never logs one whole, only this."""
+    data = session_id if isinstance(session_id, bytes) else session_id.encode("utf-8", "replace")
+    return hashlib.sha256(data).hexdigest()[:8]

@@ -53,11 +53,14 @@ async def run_engine(
             try:
                 yield Engine(actor)
             finally:
+                # Shielded: also under outer cancellation (the actor and the writer are
+                # shielded too, so they are still running); bounded by close_timeout.
                 with trio.CancelScope(shield=True) as scope:
                     scope.relative_deadline = config.close_timeout
                     await actor.close()
                 if scope.cancelled_caught:
                     log.error("engine close timed out after %s s", config.close_timeout)
+                actor.stop()
                 nursery.cancel_scope.cancel()
     finally:
         if store is not None:

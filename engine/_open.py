@@ -59,7 +59,10 @@ def open_engine(
     Opening raises :class:`~engine.StorageLockedError` if another engine holds the storage.
     Leaving the block (also by an exception or cancellation) stops taking requests, applies the
     ones already queued, flushes every dirty session and waits for the writes (shielded, at
-    most ``config.close_timeout`` seconds), then releases storage.
+    most ``config.close_timeout`` seconds), then releases storage. Cancelling the scope around
+    the block (the trio way to shut down) does not stop the actor or the writer before that:
+    they are shielded until close is done or gives up. ``statistics().lost_at_close`` then
+    says how many sessions' latest state did not reach storage.
     """
     if payload_type is None:  # the MCP payload, imported here: mcp is built on this module
         from .mcp._payload import ConnectionConfig

@@ -4,6 +4,11 @@ The actor hands it each wake-up's storage operations (the core's outbox: latest 
 writer coalesces them per id and applies them one batch at a time. Order: batches run strictly
 one after another and a batch holds one operation per id (the latest), so storage never sees an
 older operation for an id after a newer one.
+
+Failures are logged as one line per failed batch (how many operations failed and why, by error
+kind; never a session id nor a file name), at most one line per
+:data:`~engine._faults.FAULT_LOG_INTERVAL` seconds (the lines in between are counted), and one
+line when writes succeed again.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Protocol, final
 import trio
 
 from ._errors import StorageResetError
+from ._faults import LogLimiter, error_kind, error_kinds, suppressed_note
 from .storage import Put, Store
 
 __all__ = ["Notify", "Waiter", "Writer"]
@@ -68,6 +74,12 @@ class Writer:
         self.errors = 0
         """Operations that failed (each is retried)."""
         self._lot = trio.lowlevel.ParkingLot()
+        self._failure_log = LogLimiter()
+        self._recovery_log = LogLimiter()
+        self._failed_batches = 0
+        """Failed batches in a row (0 once a batch succeeds)."""
+        self._failed_ops = 0
+        """Failed operations in those batches."""
 
     def submit(self, ops: dict[str, Put | None]) -> None:
         """Queue *ops* (taking ownership of the dict); a newer operation replaces an older one
@@ -118,6 +130,7 @@ class Writer:
             failed: dict[str, Exception] = {}
             if batch or self.probe:
                 self.probe = False
+                crashed = False
                 try:
                     result = await self.store.write(batch)
                     failed = {sid: exc for sid, exc in result.items() if sid in batch}
@@ -128,12 +141,12 @@ class Writer:
                     failed = dict.fromkeys(batch, reset)
                     self.on_reset()
                 except Exception as crash:  # a backend bug or unexpected fault: fail the batch
-                    log.exception("storage backend raised on a batch of %d", len(batch))
                     failed = dict.fromkeys(batch, crash)
+                    crashed = True
                 self.writes += len(batch) - len(failed)
                 self.errors += len(failed)
-            for failed_id, error in failed.items():
-                log.error("storage write of session %s failed: %s", failed_id, error)
+                self._log_outcome(len(batch), failed, crashed)
+            for failed_id in failed:
                 if failed_id not in self.pending:  # else a newer operation supersedes it
                     self.pending[failed_id] = batch[failed_id]
             self.in_flight, self.in_flight_waiters = {}, []
@@ -142,3 +155,51 @@ class Writer:
                 waiter.settle(first_error if waited_id is None else failed.get(waited_id))
             if failed:
                 await trio.sleep(self.retry_interval)
+
+    def _log_outcome(self, size: int, failed: dict[str, Exception], crashed: bool) -> None:
+        """One line for a failed batch (rate-limited), one when writes succeed again."""
+        now = trio.current_time()
+        if not failed:
+            if self._failed_batches:
+                suppressed = self._recovery_log.allow(now)
+                if suppressed is not None:
+                    log.warning(
+                        "storage writes succeed again, after %d failed batches (%d failed "
+                        "operations)%s",
+                        self._failed_batches,
+                        self._failed_ops,
+                        suppressed_note(suppressed),
+                    )
+                self._failed_batches = self._failed_ops = 0
+            return
+        self._failed_batches += 1
+        self._failed_ops += len(failed)
+        suppressed = self._failure_log.allow(now)
+        if suppressed is None:
+            return
+        since = (
+            f"; {self._failed_batches} failed batches ({self._failed_ops} operations) in a row"
+            if self._failed_batches > 1
+            else ""
+        )
+        if crashed:
+            error = next(iter(failed.values()))
+            log.error(
+                "storage backend raised %s on a batch of %d operations; retrying every %g s%s%s",
+                error_kind(error),
+                size,
+                self.retry_interval,
+                since,
+                suppressed_note(suppressed),
+                exc_info=error,
+            )
+            return
+        log.error(
+            "storage writes failed: %d of %d operations (%s); retrying every %g s%s%s",
+            len(failed),
+            size,
+            error_kinds(failed.values()),
+            self.retry_interval,
+            since,
+            suppressed_note(suppressed),
+        )

@@ -464,29 +464,35 @@ async def test_fsync_failure_is_counted_retried_and_memory_keeps_serving(
     tmp_path: Path, mock_clock: trio.testing.MockClock
 ) -> None:
     fs = FaultyFileSystem()
-    cfg = config(tmp_path, retry_interval=5)
+    cfg = config(tmp_path, retry_interval=5, persist_requests=1)
     async with open_engine(cfg, store=DirectoryStore(tmp_path / "store", fs=fs)) as e:
         await e.create("ok", RICH)
+        await e.create("s", RICH)
         fs.fault = ("fsync-file", errno.ENOSPC)
         with pytest.raises(StorageError, match="No space left"):
-            await e.create("s", RICH)
-        assert await e.get_and_touch("s") == RICH  # served from memory
-        assert "s.session" not in session_files(tmp_path)
-        assert e.statistics().storage_errors >= 1
-        assert e.statistics().pending_writes == 1
+            await e.create("new", RICH)
+        assert await e.get("new") is None  # the failed create is undone
+        assert await e.get_and_touch("s") == RICH  # served from memory; its write waits
+        assert e.statistics().storage_errors == 1
+        assert e.statistics().pending_writes == 2  # the touch's write, the undone create's delete
         mock_clock.jump(5)
         await settle()
-        assert e.statistics().storage_errors >= 2  # retried, failed again
+        assert e.statistics().storage_errors == 2  # the write retried, failed again
+        assert e.statistics().pending_writes == 1  # (the delete needs no file fsync)
         fs.fault = None
         mock_clock.jump(5)
         await settle()
-        assert "s.session" in session_files(tmp_path)
+        assert session_files(tmp_path) == ["ok.session", "s.session"]
         assert e.statistics().pending_writes == 0
+        info = await e.info("s")
+        record = stored(tmp_path, "s")
+        assert info is not None and record is not None
+        assert record["expires"] == info.expires  # the touch's write landed
         assert stored(tmp_path, "ok") is not None  # nothing persisted was lost
     assert not [p for p in (tmp_path / "store").iterdir() if p.name.startswith(".tmp.")]
 
 
-async def test_delete_failure_is_retried_so_no_resurrection(
+async def test_delete_failure_is_undone_so_nothing_claims_a_delete(
     tmp_path: Path, mock_clock: trio.testing.MockClock
 ) -> None:
     fs = FaultyFileSystem()
@@ -496,10 +502,12 @@ async def test_delete_failure_is_retried_so_no_resurrection(
         fs.fault = ("unlink", errno.EIO)
         with pytest.raises(StorageError, match="Input/output"):
             await e.delete("s")
-        assert await e.get("s") is None
+        assert await e.get("s") == RICH  # the failed delete is undone
         fs.fault = None
         mock_clock.jump(1)
         await settle()
+        assert session_files(tmp_path) == ["s.session"]
+        assert await e.delete("s")
         assert session_files(tmp_path) == []
     async with open_engine(config(tmp_path)) as e:
         assert await e.get("s") is None

@@ -118,8 +118,9 @@ async def test_load_failure_fails_the_waiting_calls_and_engine_keeps_serving() -
     store.data["s"] = put("s")
     store.fail_loads = True
     async with open_engine(EngineConfig(), store=store, wall_time=lambda: T0) as e:
-        with pytest.raises(StorageError, match="store unreachable"):
+        with pytest.raises(StorageError, match="cannot load the session") as raised:
             await e.get("s")
+        assert "store unreachable" in str(raised.value.__cause__)  # the store's own error
         store.fail_loads = False
         assert await e.get("s") == A
 

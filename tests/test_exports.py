@@ -38,6 +38,7 @@ PUBLIC: dict[str, set[str]] = {
         "TagFilterMode",
         "TagQuery",
         "WriteBatch",
+        "fingerprint",
         "load_server_config",
         "new_session_id",
         "open_engine",

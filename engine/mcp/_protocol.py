@@ -14,7 +14,6 @@ modern error code.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any, Final, Literal
 
 import msgspec
@@ -33,7 +32,6 @@ __all__ = [
     "Message",
     "accepts",
     "accepts_json_and_sse",
-    "fingerprint",
     "handshake_only_error",
     "is_modern_request",
     "message_problem",
@@ -182,10 +180,3 @@ def handshake_only_error(requested: str | None) -> dict[str, Any]:
         ),
         "data": {"supported": list(SUPPORTED_PROTOCOL_VERSIONS), "requested": requested},
     }
-
-
-def fingerprint(session_id: str | bytes) -> str:
-    """A short, stable name for a session id that can go into logs: the first 8 hex digits of
-    its SHA-256. Session ids are bearer secrets; never log one whole."""
-    data = session_id if isinstance(session_id, bytes) else session_id.encode("utf-8", "replace")
-    return hashlib.sha256(data).hexdigest()[:8]

@@ -14,6 +14,11 @@ Routes:
   speak) gets 400 with a plain JSON-RPC error, so a dual-era client falls back to
   ``initialize`` (:mod:`engine.mcp._protocol`).
 - ``DELETE /mcp``: ends the session named by the header.
+
+Nothing is acknowledged that is not durable: when storage fails, ``initialize`` (the session is
+not created), ``DELETE`` (the session is not deleted) and a ``tools/call`` that changes the
+session (the change is not made) answer 503 with JSON-RPC error -32002 and ``Retry-After``; the
+engine undoes the change in memory and in storage.
 - ``GET /mcp``: 405 (this server offers no SSE stream, which the spec allows).
 - ``GET /healthz``, ``GET /metrics`` (Prometheus text).
 
@@ -29,7 +34,7 @@ from __future__ import annotations
 import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final, Protocol, TextIO, final
 from urllib.parse import parse_qs
@@ -50,8 +55,9 @@ if TYPE_CHECKING:  # hypercorn is imported when serving, not by ``import engine`
 
 from .._engine import Statistics
 from .._errors import EngineClosedError, InvalidSessionIdError, PayloadError, StorageError
-from .._ids import new_session_id, validate_session_id
+from .._ids import fingerprint, new_session_id, validate_session_id
 from .._open import open_engine
+from ..storage import Store
 from ._config import ServerConfig
 from ._http import ensure_file_limit, serve_app
 from ._metrics import Metrics
@@ -66,7 +72,6 @@ from ._protocol import (
     SUPPORTED_PROTOCOL_VERSIONS,
     Message,
     accepts_json_and_sse,
-    fingerprint,
     handshake_only_error,
     is_modern_request,
     message_problem,
@@ -131,6 +136,8 @@ class SessionStore(Protocol):
     calls (an ``Engine[McpSession]`` is one). The load benchmark passes a plain dict variant."""
 
     async def create(self, session_id: str, payload: McpSession) -> None: ...
+
+    async def replace(self, session_id: str, payload: McpSession) -> bool: ...
 
     async def get_and_touch(self, session_id: str) -> McpSession | None: ...
 
@@ -199,6 +206,13 @@ class _Response:
 
 def _json_error(status: int, code: int, message: str, request_id: object = None) -> _Response:
     return _Response(status, _error_body(code, message, request_id))
+
+
+def _storage_unavailable(message: str, retry_after: bytes, request_id: object = None) -> _Response:
+    """503 with JSON-RPC error -32002 and ``Retry-After``: storage failed, nothing was done."""
+    response = _json_error(503, SERVER_BUSY, f"Storage unavailable: {message}", request_id)
+    response.headers.append((b"retry-after", retry_after))
+    return response
 
 
 class _TooLargeError(Exception):
@@ -574,21 +588,19 @@ class McpApp:
             return _Response(200, _error_body(exc.code, exc.message, request_id))
         if outcome.payload is not None:
             try:
-                # Replaces the live session with its new payload; returns once durable.
-                await self.sessions.create(session_id, outcome.payload)
+                # The session's new payload (created_at kept); returns once durable. If the
+                # write fails, the engine puts the old payload back: the call had no effect.
+                replaced = await self.sessions.replace(session_id, outcome.payload)
             except EngineClosedError:
                 return _json_error(503, SERVER_BUSY, "Server shutting down", request_id)
             except StorageError as exc:
-                # Not durable: put the old payload back, so the failed call has no effect (its
-                # write is replaced by this one in the writer's queue), and say so.
-                log.warning("session %s: tool write failed: %s", fingerprint(session_id), exc)
-                with trio.CancelScope(shield=True), suppress(StorageError, EngineClosedError):
-                    await self.sessions.create(session_id, session)
-                response = _json_error(
-                    503, SERVER_BUSY, "Storage unavailable: the change was not saved", request_id
+                log.debug("session %s: tool write failed: %s", fingerprint(session_id), exc)
+                return _storage_unavailable(
+                    "the change was not saved", self.retry_after, request_id
                 )
-                response.headers.append((b"retry-after", self.retry_after))
-                return response
+            if not replaced:  # expired between the read and the write
+                self.metrics.sessions_not_found += 1
+                return _json_error(404, SESSION_ERROR, "Session not found", request_id)
         return _Response(200, _result_body(request_id, outcome.result))
 
     async def _initialize(self, scope: HTTPScope, message: Message) -> _Response:
@@ -632,8 +644,10 @@ class McpApp:
         except EngineClosedError:
             return _json_error(503, SERVER_BUSY, "Server shutting down", request_id)
         except StorageError as exc:
-            # The session is live in memory and the write is retried; the client can go on.
-            log.warning("session %s created, but its write failed: %s", session_id, exc)
+            # Not durable, so not created: the engine undid it (in memory, and its retry is a
+            # delete). The id was never given out. The engine logs the fault (rate-limited).
+            log.debug("initialize: the new session could not be stored: %s", exc)
+            return _storage_unavailable("the session was not created", self.retry_after, request_id)
         self.metrics.sessions_created += 1
         result = {
             "protocolVersion": version,
@@ -669,8 +683,9 @@ class McpApp:
         except EngineClosedError:
             return _json_error(503, SERVER_BUSY, "Server shutting down")
         except StorageError as exc:
-            log.warning("session %s deleted, but its storage delete failed: %s", session_id, exc)
-            deleted = True
+            # Not durable, so not deleted: the engine undid it; the session goes on.
+            log.debug("session %s: delete failed: %s", fingerprint(session_id), exc)
+            return _storage_unavailable("the session was not deleted", self.retry_after)
         if not deleted:
             self.metrics.sessions_not_found += 1
             return _json_error(404, SESSION_ERROR, "Session not found")
@@ -693,21 +708,26 @@ async def serve(
     *,
     announce: TextIO | None = None,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+    store: Store | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
-) -> None:
+) -> Statistics:
     """Run the server until SIGINT or SIGTERM (or until *shutdown_trigger* returns), then shut
     down gracefully: stop accepting, let in-flight requests finish (at most
-    ``config.graceful_timeout`` seconds), close the engine (final flush) and return.
+    ``config.graceful_timeout`` seconds), close the engine (final flush) and return the
+    engine's final :class:`~engine.Statistics` (``lost_at_close`` says whether the final flush
+    wrote everything).
 
-    Prints ``engine: serving on <url>`` to *announce* (if given) once listening, and reports
-    the bound addresses through *task_status*. Must run in the main thread (it installs
-    signal handlers). Raises :class:`~engine.StorageLockedError` if another
-    engine holds the storage folder. Checkpoint; cancelling it stops the server at once, but the
-    engine's final flush still runs (shielded).
+    Prints ``engine: serving on <url>`` to *announce* (if given) once listening, and at the
+    end what was saved (or, loudly, what was not); reports the bound addresses through
+    *task_status*. *store*: the engine's store, instead of a directory store on
+    ``config.engine.storage_dir`` (tests pass one that injects faults). Must run in the main
+    thread (it installs signal handlers). Raises :class:`~engine.StorageLockedError` if another
+    engine holds the storage folder. Checkpoint; cancelling it stops the server at once, and the
+    engine's final flush still runs (shielded, bounded by ``close_timeout``).
     """
     ensure_file_limit(config.max_connections)  # before loading sessions: fail fast
     metrics = Metrics()
-    async with open_engine(config.engine, payload_type=McpSession) as engine:
+    async with open_engine(config.engine, payload_type=McpSession, store=store) as engine:
         app = McpApp(
             engine,
             config,
@@ -755,11 +775,18 @@ async def serve(
     written = stats.storage_writes - before.storage_writes
     log.info("engine closed; the final flush wrote %s", _sessions(written))
     if announce is not None:
-        if config.engine.storage_dir is None:
+        if store is None and config.engine.storage_dir is None:
             outcome = f"{_sessions(stats.live_sessions)} dropped (memory only)"
+        elif stats.lost_at_close:
+            outcome = (
+                f"{_sessions(stats.live_sessions)}; {stats.lost_at_close} NOT saved: their "
+                f"latest changes are lost, storage failed ({written} written at shutdown, "
+                f"{stats.storage_errors} storage errors; see the log)"
+            )
         else:
             outcome = (
                 f"{_sessions(stats.live_sessions)} saved ({written} written at shutdown, "
                 f"{stats.storage_errors} storage errors)"
             )
         print(f"engine: stopped; {outcome}", file=announce, flush=True)
+    return stats

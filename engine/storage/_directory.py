@@ -21,7 +21,7 @@ from typing import Final, TypeVar, final
 import attrs
 import trio
 
-from .._errors import StorageError, StorageResetError
+from .._errors import StorageError, StorageResetError, error_kind
 from ._files import (
     LOCK_NAME,
     QUARANTINE,
@@ -32,6 +32,7 @@ from ._files import (
     examine,
     file_name_for,
     folder_mode_problem,
+    log_name,
     read_record,
     temp_name_for,
 )
@@ -216,10 +217,10 @@ class DirectoryStore:
                     found = examine(fs, folder, entry, parse)
                 except RecordProblem as exc:
                     if exc.kind is ProblemKind.UNREADABLE:
-                        log.error("cannot read session file %s: %s", entry.path, exc.detail)
+                        log.error("cannot read %s: %s", log_name(name), exc.detail)
                         report.unreadable.append((name, exc.detail))
                     else:
-                        self._quarantine(name, exc.detail)
+                        self._quarantine(name, exc.kind, exc.detail)
                     continue
                 if found is None:  # vanished meanwhile
                     continue
@@ -233,7 +234,7 @@ class DirectoryStore:
                     fs.unlink(entry.path)
                     report.temp_removed += 1
                 except OSError as exc:
-                    log.warning("cannot remove stale temp file %s: %s", entry.path, exc)
+                    log.warning("cannot remove stale %s: %s", log_name(name), error_kind(exc))
             elif kind is EntryKind.FOREIGN:
                 report.foreign.append(name)
         for name in expired:
@@ -243,7 +244,7 @@ class DirectoryStore:
             except FileNotFoundError:
                 pass
             except OSError as exc:
-                log.warning("cannot remove expired session file %s: %s", name, exc)
+                log.warning("cannot remove expired %s: %s", log_name(name), error_kind(exc))
         if expired:
             self._fsync_dir_quietly()
         if report.foreign:
@@ -255,7 +256,7 @@ class DirectoryStore:
         report.loaded = len(records)
         return records
 
-    def _quarantine(self, name: str, reason: str) -> None:
+    def _quarantine(self, name: str, kind: ProblemKind, reason: str) -> None:
         fs = self._fs
         folder = self.path / QUARANTINE
         try:
@@ -270,10 +271,12 @@ class DirectoryStore:
                 target = folder / f"{name}.{n}"
             fs.rename(self.path / name, target)
         except OSError as exc:
-            log.error("cannot quarantine %s (%s): %s", name, reason, exc)
+            log.error("cannot quarantine %s (%s): %s", log_name(name), kind.value, error_kind(exc))
             self.report.unreadable.append((name, f"{reason}; quarantine failed: {exc}"))
             return
-        log.warning("quarantined %s: %s", name, reason)
+        log.warning(
+            "quarantined %s (%s); DirectoryStore.report has the details", log_name(name), kind.value
+        )
         self.report.quarantined.append((name, reason))
 
     async def load_one(self, session_id: str, parse: Callable[[bytes], R]) -> R | None:

@@ -19,6 +19,8 @@ import stat
 from collections.abc import Callable
 from typing import Final, TypeVar, final
 
+from .._errors import error_kind
+from .._ids import fingerprint
 from ._fs import FileSystem
 from ._protocol import LoadedRecord
 from ._records import MAX_RECORD_BYTES, CorruptRecordError
@@ -34,6 +36,7 @@ __all__ = [
     "examine",
     "file_name_for",
     "folder_mode_problem",
+    "log_name",
     "read_record",
     "temp_name_for",
 ]
@@ -63,6 +66,20 @@ def file_name_for(session_id: str) -> str:
     if _PLAIN_ID.match(session_id):
         return session_id + SUFFIX
     return "~" + hashlib.sha256(session_id.encode()).hexdigest() + SUFFIX
+
+
+def log_name(name: str) -> str:
+    """How a file of the folder is named in logs: session and temp files are named after
+    session ids (secrets), so they appear as ``session file <fingerprint>`` (the fingerprint of
+    the id, :func:`~engine.fingerprint`; for a hashed name ``~<sha256>.session``, the same
+    first 8 hex digits) and ``temp file of session file <fingerprint>``."""
+    if name.startswith(_TEMP_PREFIX):
+        _, _, rest = name[len(_TEMP_PREFIX) :].partition(".")
+        return f"temp file of {log_name(rest)}"
+    stem = name.removesuffix(SUFFIX)
+    if stem.startswith("~") and len(stem) == 65:
+        return f"session file {stem[1:9]}"
+    return f"session file {fingerprint(stem)}"
 
 
 def temp_name_for(name: str) -> str:
@@ -180,14 +197,14 @@ def examine(
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise RecordProblem(ProblemKind.UNREADABLE, str(exc)) from None
+            raise RecordProblem(ProblemKind.UNREADABLE, error_kind(exc)) from None
         raise RecordProblem(ProblemKind.NOT_A_FILE, _type_name(mode))
     try:
         data = read_record(fs, os.path.join(folder, entry.name))
     except FileNotFoundError:
         return None
-    except OSError as exc:
-        raise RecordProblem(ProblemKind.UNREADABLE, str(exc)) from None
+    except OSError as exc:  # the error's own message would repeat the file name
+        raise RecordProblem(ProblemKind.UNREADABLE, error_kind(exc)) from None
     try:
         record = parse(data)
     except RecursionError:

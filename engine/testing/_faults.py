@@ -3,6 +3,7 @@ fs=...)``): a forwarding base to observe calls, and one that injects faults."""
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
@@ -89,18 +90,27 @@ FAULTS: Final = frozenset(
 
 class FaultyFileSystem(ForwardingFileSystem):
     """Performs every call for real, unless a fault is armed for it: then that call raises
-    ``OSError(errno)`` (counted in :attr:`hits`) until the fault is cleared.
+    ``OSError(errno)`` (counted in :attr:`hits`) until the fault is cleared. Like the real
+    error, it names the file for calls given a path (``open``, ``rename``, ``unlink``,
+    ``mkdir``, ``scandir``).
 
     Arm with ``fs.fault = ("write", errno.ENOSPC)``, clear with ``fs.fault = None``. Fault names
     are in :data:`FAULTS`: the call's name, except that ``"open"`` fails only opens that create a
     file (temp files, the lock file; reads and folder opens go on), and ``"fsync-file"`` /
     ``"fsync-dir"`` fail only file / only folder fsyncs. :attr:`opened` lists the paths of every
     file (not folder) opened, in order.
+
+    *fault_file*: arm faults from another process (a server under test): before each call the
+    fault is read from that file, ``<call name> <errno name>`` (``fsync-dir EIO``); no file or
+    an empty one means no fault.
     """
 
-    def __init__(self, inner: FileSystem = OS_FILE_SYSTEM) -> None:
+    def __init__(
+        self, inner: FileSystem = OS_FILE_SYSTEM, *, fault_file: StrPath | None = None
+    ) -> None:
         super().__init__(inner)
         self._fault: tuple[str, int] | None = None
+        self._fault_file = fault_file
         self.hits = 0
         """How many calls failed because of a fault."""
         self.opened: list[str] = []
@@ -110,6 +120,8 @@ class FaultyFileSystem(ForwardingFileSystem):
     @property
     def fault(self) -> tuple[str, int] | None:
         """The armed fault, ``(call name, errno)``, or ``None``."""
+        if self._fault_file is not None:
+            self._fault = _read_fault(self._fault_file)
         return self._fault
 
     @fault.setter
@@ -118,15 +130,18 @@ class FaultyFileSystem(ForwardingFileSystem):
             raise ValueError(f"unknown fault {fault[0]!r}; known: {sorted(FAULTS)}")
         self._fault = fault
 
-    def _maybe_fail(self, call: str) -> None:
-        fault = self._fault
+    def _maybe_fail(self, call: str, path: StrPath | None = None) -> None:
+        fault = self.fault
         if fault is not None and fault[0] == call:
             self.hits += 1
-            raise OSError(fault[1], f"injected {os.strerror(fault[1])}")
+            message = f"injected {os.strerror(fault[1])}"
+            if path is None:
+                raise OSError(fault[1], message)
+            raise OSError(fault[1], message, os.fspath(path))
 
     def open(self, path: StrPath, flags: int, mode: int = 0o777, /) -> int:
         if not flags & os.O_DIRECTORY and flags & os.O_CREAT:
-            self._maybe_fail("open")
+            self._maybe_fail("open", path)
         fd = self.inner.open(path, flags, mode)
         if flags & os.O_DIRECTORY:
             self._dir_fds.add(fd)
@@ -155,21 +170,35 @@ class FaultyFileSystem(ForwardingFileSystem):
         self.inner.fsync(fd)
 
     def mkdir(self, path: StrPath, mode: int = 0o777, /) -> None:
-        self._maybe_fail("mkdir")
+        self._maybe_fail("mkdir", path)
         self.inner.mkdir(path, mode)
 
     def scandir(self, path: StrPath, /) -> AbstractContextManager[Iterator[os.DirEntry[str]]]:
-        self._maybe_fail("scandir")
+        self._maybe_fail("scandir", path)
         return self.inner.scandir(path)
 
     def rename(self, src: StrPath, dst: StrPath, /) -> None:
-        self._maybe_fail("rename")
+        self._maybe_fail("rename", src)
         self.inner.rename(src, dst)
 
     def unlink(self, path: StrPath, /) -> None:
-        self._maybe_fail("unlink")
+        self._maybe_fail("unlink", path)
         self.inner.unlink(path)
 
     def flock(self, fd: int, operation: int, /) -> None:
         self._maybe_fail("flock")
         self.inner.flock(fd, operation)
+
+
+def _read_fault(path: StrPath) -> tuple[str, int] | None:
+    try:
+        with open(path) as file:
+            text = file.read().split()
+    except FileNotFoundError:
+        return None
+    if not text:
+        return None
+    call, name = text
+    if call not in FAULTS:
+        raise ValueError(f"unknown fault {call!r} in {os.fspath(path)}")
+    return call, getattr(errno, name)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from engine.mcp._protocol import fingerprint
+from engine import fingerprint
 
 from .support import ServerProcess, call, initialize, notify
 

@@ -100,29 +100,32 @@ async def test_write_fault_keeps_serving_and_retries(
 ) -> None:
     async with open_faulty(tmp_path, faulty) as e:
         await e.create("a", P1)
+        await e.create("c", P1)
         before = (tmp_path / "a.session").read_bytes()
         faulty.fault = (func, err)
         with pytest.raises(StorageError):
             await e.create("b", P2)
-        # Serving from memory: both sessions, reads and touches.
-        assert await e.get("b") == P2
+        assert await e.get("b") is None  # a create that failed is undone (issue 9, item 2)
+        # Serving from memory: reads and touches of the sessions that exist.
         assert await e.get_and_touch("a") == P1  # persist_requests=1: a write, which fails
-        assert await e.touch("b")
+        assert await e.touch("c")
         with pytest.raises(StorageError):
             await e.flush()
         stats = e.statistics()
-        assert stats.storage_errors >= 2
+        assert stats.storage_errors >= 3
         assert stats.pending_writes >= 2
-        assert faulty.hits >= 2
+        assert faulty.hits >= 2  # (one folder fsync per batch)
         # Nothing already persisted is lost, and no temp file is left behind.
         if func != "fsync-dir":
             assert (tmp_path / "a.session").read_bytes() == before
-        assert session_files(tmp_path) <= {"a.session", "b.session"}
+        assert session_files(tmp_path) <= {"a.session", "b.session", "c.session"}
         assert any(r.levelname == "ERROR" and "failed" in r.getMessage() for r in caplog.records)
-        # Clear the fault: the retries land.
+        # Clear the fault: the retries land (the undone create's retry is a delete).
         faulty.fault = None
         await flush_until_ok(e)
         assert e.statistics().pending_writes == 0
+        assert session_files(tmp_path) == {"a.session", "c.session"}
+        await e.create("b", P2)
         assert record(tmp_path, "b")["payload"]["tags"] == ["two"]
         a_info, b_info = await e.info("a"), await e.info("b")
         assert a_info is not None and b_info is not None
@@ -132,19 +135,22 @@ async def test_write_fault_keeps_serving_and_retries(
         assert await e.info("b") == b_info
 
 
-async def test_delete_fault_is_retried_and_never_undone(
+async def test_a_failed_delete_is_undone_and_a_retried_one_deletes(
     tmp_path: Path, faulty: FaultyFileSystem
 ) -> None:
+    """A delete whose write fails has no effect (issue 9, item 2): the session stays, in memory
+    and in storage; a delete retried once storage works deletes it for good."""
     async with open_faulty(tmp_path, faulty) as e:
         await e.create("a", P1)
         faulty.fault = ("unlink", errno.EIO)
         with pytest.raises(StorageError):
             await e.delete("a")
-        assert await e.get("a") is None  # gone from memory at once
-        assert not await e.touch("a")
-        assert (tmp_path / "a.session").exists()  # the delete is pending
+        assert await e.get("a") == P1  # nothing claims it was deleted
+        assert (tmp_path / "a.session").exists()
         faulty.fault = None
         await flush_until_ok(e)
+        assert (tmp_path / "a.session").exists()
+        assert await e.delete("a")
         assert not (tmp_path / "a.session").exists()
     async with open_engine(config(tmp_path)) as e:
         assert await e.get("a") is None
@@ -157,9 +163,12 @@ async def test_after_an_fsync_failure_the_record_is_written_anew(
     error, so fsyncing the same file again proves nothing: the store drops that temp file and the
     retry writes the whole record to a new temp file, fsyncs it, then renames it."""
     async with open_faulty(tmp_path, faulty) as e:
+        await e.create("a", P1)
+        faulty.opened.clear()
         faulty.fault = ("fsync-file", errno.EIO)
+        await e.touch("a")  # persist_requests=1: writes the session, which fails
         with pytest.raises(StorageError):
-            await e.create("a", P1)
+            await e.flush()
         failed_temps = [p for p in faulty.opened if Path(p).name.startswith(".tmp.")]
         assert failed_temps
         assert not any(map(exists, failed_temps)), "a failed temp file was kept"
@@ -168,7 +177,8 @@ async def test_after_an_fsync_failure_the_record_is_written_anew(
         temps = [p for p in faulty.opened if Path(p).name.startswith(".tmp.")]
         assert len(temps) > len(failed_temps)
         assert set(temps[len(failed_temps) :]).isdisjoint(failed_temps)
-        assert record(tmp_path, "a")["payload"]["tags"] == ["one"]
+        info = await e.info("a")
+        assert info is not None and record(tmp_path, "a")["expires"] == info.expires
 
 
 async def test_fault_through_close_does_not_hang_or_lose_persisted_data(
@@ -196,9 +206,10 @@ async def test_folder_removed_under_a_running_engine(
         with pytest.raises(StorageError, match="removed or replaced"):
             await e.create("b", P2)  # the store notices, sets the folder up anew, retries
         assert await e.get("a") == P1
-        assert await e.get("b") == P2
+        assert await e.get("b") is None  # that create failed: it is undone
         assert e.statistics().storage_errors >= 1
         await flush_until_ok(e)
+        await e.create("b", P2)
         # every live session is written again, also the clean ones never touched since
         assert record(folder, "a")["payload"]["tags"] == ["one"]
         assert record(folder, "b")["payload"]["tags"] == ["two"]
@@ -218,9 +229,10 @@ async def test_folder_replaced_under_a_running_engine(tmp_path: Path) -> None:
         shutil.rmtree(folder)
         folder.mkdir(0o700)  # replaced by an empty folder: no lock, no sessions
         with pytest.raises(StorageError, match="removed or replaced"):
-            await e.delete("gone")  # the first write after the swap notices it
+            await e.delete("gone")  # the first write after the swap notices it (and is undone)
         await flush_until_ok(e)
         await e.create("b", P2)  # writes go on normally afterwards
+        assert await e.delete("gone")
         assert sorted(p.name for p in folder.iterdir()) == [".lock", "a.session", "b.session"]
 
 
