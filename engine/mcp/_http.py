@@ -236,6 +236,8 @@ async def serve_app(
         finally:
             counts.connections_open -= 1
             slots.release()
+            # Cancelled (the scope around serve), hypercorn may not have closed it yet.
+            await trio.aclose_forcefully(stream)
 
     async def accept(listener: trio.SocketListener, nursery: trio.Nursery) -> None:
         while True:

@@ -779,8 +779,8 @@ async def serve(
             outcome = f"{_sessions(stats.live_sessions)} dropped (memory only)"
         elif stats.lost_at_close:
             outcome = (
-                f"{_sessions(stats.live_sessions)}; {stats.lost_at_close} NOT saved: their "
-                f"latest changes are lost, storage failed ({written} written at shutdown, "
+                f"storage failed: the latest changes of {_sessions(stats.lost_at_close)} were "
+                f"NOT saved ({stats.live_sessions} live, {written} written at shutdown, "
                 f"{stats.storage_errors} storage errors; see the log)"
             )
         else:

@@ -62,10 +62,15 @@ def storage_errors(client: httpx.Client, server: ServerProcess) -> float:
     return metric_value(client.get(server.base + "/metrics").text, "engine_storage_errors_total")
 
 
-def wait_for_more_errors(client: httpx.Client, server: ServerProcess, than: float) -> None:
-    """Until the engine has retried (and failed) at least twice more."""
+def wait_for_the_retry(client: httpx.Client, server: ServerProcess, errors: float) -> None:
+    """Until the engine's retry ran: nothing is pending any more, or it failed twice more."""
     deadline = time.monotonic() + 30
-    while storage_errors(client, server) < than + 2:
+    while True:
+        metrics = client.get(server.base + "/metrics").text
+        if metric_value(metrics, "engine_pending_writes") == 0:
+            return
+        if metric_value(metrics, "engine_storage_errors_total") >= errors + 2:
+            return
         assert time.monotonic() < deadline, "the engine never retried"
         time.sleep(0.02)
 
@@ -105,7 +110,7 @@ def test_initialize_refused_on_a_storage_fault_leaves_no_session(
             assert client.get(server.base + "/healthz").json()["sessions"] == 0
             metrics = client.get(server.base + "/metrics").text
             assert metric_value(metrics, "engine_sessions_created_total") == 0
-            wait_for_more_errors(client, server, errors)  # the retry runs under the fault
+            wait_for_the_retry(client, server, errors)  # the retry runs under the fault
         server.stop(signal.SIGKILL)
         fault_file.unlink()
         server.start()
@@ -135,7 +140,7 @@ def test_delete_refused_on_a_storage_fault_keeps_the_session(tmp_path: Path, fau
             assert call(client, server.url, sid, "ping").status_code == 200
             metrics = client.get(server.base + "/metrics").text
             assert metric_value(metrics, "engine_sessions_deleted_total") == 0
-            wait_for_more_errors(client, server, errors)
+            wait_for_the_retry(client, server, errors)
         server.stop(signal.SIGKILL)
         fault_file.unlink()
         server.start()
@@ -152,12 +157,11 @@ def test_delete_refused_on_a_storage_fault_keeps_the_session(tmp_path: Path, fau
 
 
 def _exhaust_file_descriptors(pid: int) -> None:
-    """Lower the process's open-file limit to its lowest free descriptor: every open fails with
-    EMFILE from now on (connections already open keep working)."""
-    used = {int(entry.name) for entry in Path(f"/proc/{pid}/fd").iterdir()}
-    lowest_free = next(n for n in range(len(used) + 1) if n not in used)
+    """Lower the process's open-file limit to 3: every open fails with EMFILE from now on, also
+    after descriptors are closed (descriptors already open, such as the client's connection,
+    keep working)."""
     _, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
-    resource.prlimit(pid, resource.RLIMIT_NOFILE, (lowest_free, hard))
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (3, hard))
 
 
 def test_serve_reports_what_it_could_not_save_and_exits_7(tmp_path: Path) -> None:
@@ -192,7 +196,8 @@ def test_serve_reports_what_it_could_not_save_and_exits_7(tmp_path: Path) -> Non
     finally:
         server.close()
     assert code == 7, (out, err)
-    assert "1 NOT saved" in out, out
+    # the touched session, and the refused session's delete (nothing is on disk for it)
+    assert "the latest changes of 2 sessions were NOT saved" in out, out
     assert "not saved" in err, err
     assert FULL_ID.search(out + err) is None
     assert session_file(folder, sid).read_bytes() == before  # the old record is intact
