@@ -31,6 +31,7 @@ from .mcp import load_server_config as load_server_config
 from .mcp import serve as serve
 from .storage import FORMAT_VERSION as FORMAT_VERSION
 from .storage import DirectoryStore as DirectoryStore
+from .storage import JournalStore as JournalStore
 from .storage import LoadReport as LoadReport
 from .storage import Put as Put
 from .storage import Store as Store
@@ -47,6 +48,7 @@ __all__ = [
     "EngineConfig",
     "EngineError",
     "InvalidSessionIdError",
+    "JournalStore",
     "LoadReport",
     "McpApp",
     "McpSession",
