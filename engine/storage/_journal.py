@@ -411,9 +411,10 @@ class JournalStore:
                 else:
                     body = encode(PutRecord(session_id, op.expires, op.data))
                 n = FRAME_HEADER + len(body)
-                if pending and segment.size + size + n > limit:
-                    self._commit(segment, parts, pending, size)
-                    parts, pending, size = [], [], 0
+                if segment.size + size + n > limit and (pending or segment.count):
+                    if pending:
+                        self._commit(segment, parts, pending, size)
+                        parts, pending, size = [], [], 0
                     segment = self._rotate()
                 parts.append(frame(body, segment.seed))
                 parts.append(body)

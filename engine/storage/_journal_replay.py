@@ -417,6 +417,7 @@ def replay(
     run = _Replay(fs, folder, repair)
     report = run.report
     listing = list_folder(fs, folder)
+    _check_versions(fs, folder, listing)  # before anything is changed
     report.foreign = listing.foreign
     for name in listing.temps:
         run.remove(name)
@@ -552,6 +553,29 @@ def replay(
         run.quarantine_bytes(f"record.{_digest(data)}.bad", data, reason)
     report.loaded = len(records)
     return Replayed(records, report, base, run.counts, listing.max_seq)
+
+
+def _check_versions(fs: FileSystem, folder: Path, listing: Listing) -> None:
+    """Raise :class:`StorageError` if any journal file has a valid header of another format
+    version (a newer engine's journal must not be repaired by this one)."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    for f in listing.files:
+        try:
+            fd = fs.open(folder / f.name, flags)
+        except OSError:
+            continue  # reported by the replay
+        try:
+            if stat.S_ISREG(fs.fstat(fd).st_mode):
+                parse_header(fs.pread(fd, HEADER_SIZE, 0))
+        except FormatVersionError as exc:
+            raise StorageError(
+                f"{folder / f.name}: {exc}; it was written by another version of the engine, "
+                "which must open this folder"
+            ) from None
+        except (OSError, HeaderError):
+            pass
+        finally:
+            fs.close(fd)
 
 
 def _digest(data: bytes) -> str:
