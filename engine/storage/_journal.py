@@ -156,8 +156,8 @@ class JournalStore:
         compact_min_records: int = 10_000,
         fs: FileSystem | None = None,
     ) -> None:
-        if segment_bytes < 4096:
-            raise ValueError(f"segment_bytes must be at least 4096, got {segment_bytes}")
+        if segment_bytes < 1024:
+            raise ValueError(f"segment_bytes must be at least 1024, got {segment_bytes}")
         if not compact_ratio > 0:
             raise ValueError(f"compact_ratio must be > 0, got {compact_ratio}")
         if compact_min_records < 1:
