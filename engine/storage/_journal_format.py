@@ -74,9 +74,12 @@ _HEADER_CRC: Final = struct.Struct("<I4x")
 HEADER_SIZE: Final = _HEADER.size + _HEADER_CRC.size  # 32
 
 FRAME_MAGIC_BYTES: Final = b"\xe7JR\x1e"
-_FRAME_MAGIC: Final = int.from_bytes(FRAME_MAGIC_BYTES, "little")
-_FRAME: Final = struct.Struct("<III")
-FRAME_HEADER: Final = _FRAME.size  # 12
+FRAME_MAGIC: Final = int.from_bytes(FRAME_MAGIC_BYTES, "little")
+FRAME_STRUCT: Final = struct.Struct("<III")
+"""magic, length, crc"""
+FRAME_HEADER: Final = FRAME_STRUCT.size  # 12
+_FRAME_MAGIC: Final = FRAME_MAGIC
+_FRAME: Final = FRAME_STRUCT
 MAX_BODY: Final = MAX_RECORD_BYTES + 4096
 """Largest frame body: a record of :data:`~engine.storage.MAX_RECORD_BYTES` plus its envelope."""
 
@@ -146,7 +149,12 @@ def parse_header(data: bytes) -> tuple[int, int]:
 # -- records ----------------------------------------------------------------------------------
 
 
-class PutRecord(msgspec.Struct, array_like=True, tag=1, frozen=True, gc=False):
+PUT_TAG: Final = 1
+DELETE_TAG: Final = 2
+END_TAG: Final = 3
+
+
+class PutRecord(msgspec.Struct, array_like=True, tag=PUT_TAG, frozen=True, gc=False):
     """Create or replace session *id*: *data* is the engine's encoded record."""
 
     id: str
@@ -155,13 +163,13 @@ class PutRecord(msgspec.Struct, array_like=True, tag=1, frozen=True, gc=False):
     data: bytes
 
 
-class DeleteRecord(msgspec.Struct, array_like=True, tag=2, frozen=True, gc=False):
+class DeleteRecord(msgspec.Struct, array_like=True, tag=DELETE_TAG, frozen=True, gc=False):
     """Session *id* was deleted."""
 
     id: str
 
 
-class EndRecord(msgspec.Struct, array_like=True, tag=3, frozen=True, gc=False):
+class EndRecord(msgspec.Struct, array_like=True, tag=END_TAG, frozen=True, gc=False):
     """The last frame of a snapshot: how many records precede it. A snapshot without it is
     incomplete."""
 

@@ -590,7 +590,7 @@ def _lexists(fs: FileSystem, path: Path) -> bool:
     return True
 
 
-def _write_all(fs: FileSystem, fd: int, data: bytes | memoryview) -> None:
+def _write_all(fs: FileSystem, fd: int, data: bytes | bytearray | memoryview) -> None:
     view = memoryview(data)
     while view:
         written = fs.write(fd, view)

@@ -240,7 +240,14 @@ async def test_close_stops_a_compaction_and_removes_its_temp_file(tmp_path: Path
     folder = tmp_path / "j"
     fs = CountingFs()
     store = JournalStore(folder, fs=fs, compact_min_records=5)
-    async with open_engine(config(), store=store) as e:
+
+    async def release_once_stopping() -> None:
+        running = store._compaction
+        assert running is not None
+        await eventually(running.stop.is_set, "close to stop the compaction")
+        fs.release.set()
+
+    async with trio.open_nursery() as nursery, open_engine(config(), store=store) as e:
         for i in range(10):
             await e.create(f"s{i}", P1)
         fs.hold_compaction.set()
@@ -248,13 +255,7 @@ async def test_close_stops_a_compaction_and_removes_its_temp_file(tmp_path: Path
             for i in range(10):
                 await e.create(f"s{i}", payload)
         assert await trio.to_thread.run_sync(fs.holding.wait, 10)
-
-        async def release_soon() -> None:
-            await trio.sleep(0.05)
-            fs.release.set()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(release_soon)
+        nursery.start_soon(release_once_stopping)
     # closing set the stop flag; the held compaction then went on, but never committed
     assert store.stats.compactions == 0
     assert not any(n.startswith(".compact.") for n in os.listdir(folder))
