@@ -12,7 +12,7 @@ import os
 import platform
 import statistics
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -20,14 +20,19 @@ import attrs
 import msgspec
 import trio
 
-from engine import ConnectionConfig, JournalStore, Put, StoredSession, new_session_id
-from engine._codec import Codec
-from engine.storage._directory import file_name_for
+from engine import (
+    FORMAT_VERSION,
+    ConnectionConfig,
+    JournalStore,
+    Put,
+    StoredSession,
+    new_session_id,
+)
+from engine.storage import RecordDecoder, file_name_for
 
 __all__ = [
     "DEFAULT_PAYLOAD",
     "Goal",
-    "MemoryStore",
     "Table",
     "WorkloadResult",
     "folder_bytes",
@@ -106,9 +111,10 @@ def write_session_files(folder: Path, ids: Sequence[str], now: float) -> None:
     """Fill *folder* with session files in the directory store's format (plain writes: the
     fixture needs no durability), as if an engine had persisted them."""
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    codec = Codec(ConnectionConfig)
+    encoder = msgspec.json.Encoder()
     for sid in ids:
-        data = codec.encode(sid, DEFAULT_PAYLOAD, now, now, now + TTL)
+        record = StoredSession(FORMAT_VERSION, sid, now, now, now + TTL, DEFAULT_PAYLOAD)
+        data = encoder.encode(record)
         fd = os.open(folder / file_name_for(sid), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.write(fd, data)
@@ -123,19 +129,23 @@ def write_journal(
     (``rounds - 1`` dead records per live one), through the store itself in batches of *batch*
     (one write and one fsync each), with compaction off. Returns the bytes of the live records
     (the engine's encoded records of the last round)."""
-    codec = Codec(ConnectionConfig)
+    encoder = msgspec.json.Encoder()
+    decoder: RecordDecoder[ConnectionConfig] = RecordDecoder(ConnectionConfig)
 
     async def fill() -> int:
         store = JournalStore(folder, compact_min_records=1 << 62)
         await store.open()
         live = 0
         try:
-            await store.load_all(codec.decode, now)
+            await store.load_all(decoder.decode, now)
             for round_ in range(rounds):
                 for start in range(0, len(ids), batch):
                     ops: dict[str, Put | None] = {}
                     for sid in ids[start : start + batch]:
-                        data = codec.encode(sid, DEFAULT_PAYLOAD, now, now + round_, now + TTL)
+                        record = StoredSession(
+                            FORMAT_VERSION, sid, now, now + round_, now + TTL, DEFAULT_PAYLOAD
+                        )
+                        data = encoder.encode(record)
                         ops[sid] = Put(data, now + TTL)
                         if round_ == rounds - 1:
                             live += len(data)
@@ -151,41 +161,6 @@ def write_journal(
 def folder_bytes(folder: Path) -> int:
     """Total size of the regular files directly in *folder*."""
     return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
-
-
-@attrs.define
-class MemoryStore:
-    """A :class:`~engine.Store` in memory: returns given records at open, counts writes. For
-    workloads that measure the engine, not the disk."""
-
-    records: list[Any] = attrs.Factory(list)
-    puts: int = 0
-    deletes: int = 0
-    batches: int = 0
-    preloads: bool = True
-    expires_keys: bool = False
-
-    async def open(self) -> None:
-        pass
-
-    async def load_all(self, parse: Callable[[bytes], Any], now: float) -> list[Any]:
-        records, self.records = self.records, []
-        return records
-
-    async def load_one(self, session_id: str, parse: Callable[[bytes], Any]) -> Any:
-        return None
-
-    async def write(self, batch: Mapping[str, object]) -> Mapping[str, Exception]:
-        self.batches += 1
-        for op in batch.values():
-            if op is None:
-                self.deletes += 1
-            else:
-                self.puts += 1
-        return {}
-
-    async def aclose(self) -> None:
-        pass
 
 
 def optional_module(name: str) -> Any:

@@ -30,13 +30,12 @@ from pathlib import Path
 import trio
 
 from engine import ConnectionConfig, DirectoryStore, EngineConfig, JournalStore, open_engine
-from engine._codec import Codec
-from engine.storage import Store
+from engine.storage import RecordDecoder, Store
+from engine.testing import MemoryStore
 
 from ._common import (
     DEFAULT_PAYLOAD,
     Goal,
-    MemoryStore,
     Table,
     WorkloadResult,
     folder_bytes,
@@ -132,7 +131,7 @@ def _recovery(
 async def _compact(store: JournalStore) -> float:
     await store.open()
     try:
-        await store.load_all(Codec(ConnectionConfig).decode, time.time())
+        await store.load_all(RecordDecoder(ConnectionConfig).decode, time.time())
         t0 = time.perf_counter()
         result = await store.compact()
         assert result is not None
@@ -170,7 +169,7 @@ def _store(kind: str, folder: Path) -> Store:
         return DirectoryStore(folder)
     if kind == "journal store":
         return JournalStore(folder)
-    return MemoryStore()
+    return MemoryStore(keep=False)
 
 
 def run(quick: bool = False, work_dir: Path | None = None) -> WorkloadResult:

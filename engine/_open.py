@@ -1,6 +1,6 @@
 """The public entry point: :func:`open_engine` picks the payload type and the store from the
-configuration and hands them to the actor shell (``_engine.run_engine``), which knows neither the
-MCP payload nor any concrete store."""
+configuration and hands them to the shell's lifecycle (``_lifecycle.run_engine``), which knows
+neither the MCP payload nor any concrete store."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from ._config import EngineConfig
-from ._engine import Engine, run_engine
+from ._engine import Engine
+from ._lifecycle import run_engine
 from .storage import DirectoryStore, Store
 
 if TYPE_CHECKING:

@@ -1,5 +1,5 @@
-"""tests/crash_worker.py's workload on a journal store that rotates and compacts all the time,
-run as a subprocess by tests/storage/test_journal_crash.py and killed there with SIGKILL.
+"""tests/storage/crash_worker.py's workload on a journal store that rotates and compacts all
+the time, run as a subprocess by tests/storage/test_journal_crash.py and killed there with SIGKILL.
 
 Usage: ``python -m tests.storage.journal_crash_worker FOLDER LOG SEED PREFIX`` (from the
 repository root).
@@ -15,7 +15,7 @@ from typing import Any
 import trio
 
 from engine import EngineConfig, JournalStore, open_engine
-from tests import crash_worker
+from tests.storage import crash_worker
 
 
 def journal_store(folder: Any) -> JournalStore:

@@ -3,10 +3,10 @@ after every filesystem operation of a workload that rotates segments and compact
 background and on demand), each rebuilt as a power cut, a process kill and a torn write would
 leave it.
 
-Both hold the reopened folder to :func:`tests.crash_worker.check_recovered` (every session whose
-create returned is there unless deleted or expired, no deleted session comes back, ``expires``
-no older than the last value known durable, nothing appears from nowhere), and opening must
-find no damage: a torn tail (a write cut short) is the only thing a crash may leave.
+Both hold the reopened folder to :func:`tests.storage.crash_worker.check_recovered` (every
+session whose create returned is there unless deleted or expired, no deleted session comes
+back, ``expires`` no older than the last value known durable, nothing appears from nowhere), and
+opening must find no damage: a torn tail (a write cut short) is the only thing a crash may leave.
 
 Sizes: ``CRASH_RUNS`` SIGKILL runs (default 6, 100 under the ``long`` profile); ``CRASH_SEED``
 replays one (seeds are printed with ``pytest -s``).
@@ -30,8 +30,8 @@ import trio
 
 from engine import ConnectionConfig, EngineConfig, JournalStore, open_engine
 
-from ..crash_worker import check_recovered
 from ..strategies import LONG
+from .crash_worker import check_recovered
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNS = int(os.environ.get("CRASH_RUNS", "100" if LONG else "6"))
