@@ -225,11 +225,20 @@ class FrameScanner:
         """Offset just past the last valid frame."""
 
     def __iter__(self) -> Iterator[tuple[int, memoryview]]:
+        for offsets, bodies in self.batches():
+            yield from zip(offsets, bodies, strict=True)
+
+    def batches(self) -> Iterator[tuple[list[int], list[memoryview]]]:
+        """The valid frames in batches, as ``(offsets, bodies)``: the frames found in one
+        buffered chunk without a check failing (the fast path of a replay). Bodies are valid
+        until the next step."""
         fs, fd, size, chunk = self._fs, self._fd, self.size, self._chunk
         unpack = _FRAME.unpack_from
         crc32 = zlib.crc32
         seed = self.seed
         magic_bytes = FRAME_MAGIC_BYTES
+        frame_magic = _FRAME_MAGIC
+        max_body = MAX_BODY
         base = HEADER_SIZE  # file offset of buf[0]
         buf = b""
         view = memoryview(buf)
@@ -237,6 +246,29 @@ class FrameScanner:
         bad_since: int | None = None
 
         while True:
+            # The fast path: every frame that checks out in the buffer, in one batch.
+            if bad_since is None:
+                offsets: list[int] = []
+                bodies: list[memoryview] = []
+                n = len(buf)
+                i = pos - base
+                while n - i >= FRAME_HEADER:
+                    magic, length, crc = unpack(buf, i)
+                    stop = i + FRAME_HEADER + length
+                    if magic != frame_magic or length > max_body or stop > n:
+                        break
+                    body = view[i + FRAME_HEADER : stop]
+                    if crc32(body, seed) != crc:
+                        break
+                    offsets.append(base + i)
+                    bodies.append(body)
+                    i = stop
+                if bodies:
+                    pos = base + i
+                    self.frames += len(bodies)
+                    self.end = pos
+                    yield offsets, bodies
+            # One frame the slow way: refill, and resynchronise after a bad frame.
             i = pos - base
             if len(buf) - i < FRAME_HEADER:
                 buf, base = _refill(fs, fd, buf, base, pos, FRAME_HEADER, chunk, size)
@@ -248,8 +280,8 @@ class FrameScanner:
                         self.torn = (start, size - start)
                     return
             magic, length, crc = unpack(buf, i)
-            body: memoryview | None = None
-            if magic == _FRAME_MAGIC and length <= MAX_BODY:
+            found: memoryview | None = None
+            if magic == frame_magic and length <= max_body:
                 need = FRAME_HEADER + length
                 if len(buf) - i < need:
                     buf, base = _refill(fs, fd, buf, base, pos, need, chunk, size)
@@ -258,13 +290,13 @@ class FrameScanner:
                 if len(buf) - i >= need:
                     candidate = view[i + FRAME_HEADER : i + need]
                     if crc32(candidate, seed) == crc:
-                        body = candidate
-            if body is not None:
+                        found = candidate
+            if found is not None:
                 if bad_since is not None:
                     self.damaged.append((bad_since, pos - bad_since))
                     bad_since = None
                 self.frames += 1
-                yield pos, body
+                yield [pos], [found]
                 pos += FRAME_HEADER + length
                 self.end = pos
                 continue
