@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import gc
 import logging
 import os
-import stat
 import threading
 import time
 import zlib
@@ -25,7 +23,9 @@ from typing import Final, TypeVar, final
 import attrs
 import trio
 
-from .._errors import StorageError, StorageLockedError, StorageResetError
+from .._errors import StorageError, StorageResetError
+from ._files import LOCK_NAME, folder_mode_problem
+from ._fs import OS_FILE_SYSTEM, FileSystem
 from ._journal_compact import CompactionAborted, CompactionResult, compact
 from ._journal_format import (
     DELETE_TAG,
@@ -44,14 +44,13 @@ from ._journal_format import (
     frame_seed,
 )
 from ._journal_replay import (
-    LOCK_NAME,
-    FileSystem,
     JournalReport,
     _fsync_dir,
     _write_all,
     list_folder,
     replay,
 )
+from ._lock import take_lock
 from ._protocol import LoadedRecord, Put, WriteBatch
 from ._records import MAX_RECORD_BYTES
 
@@ -162,8 +161,8 @@ class JournalStore:
     - The folder is created 0700 and held with an exclusive ``flock`` on ``.lock`` while open;
       nothing outside it is touched; session ids never appear in file names.
 
-    *fs* is the filesystem seam (default: :mod:`os` itself): tests pass one that injects faults
-    or models what a power cut leaves.
+    *fs* is the filesystem seam every call goes through (default: the real one); tests pass
+    one that injects faults or models what a power cut leaves.
     """
 
     preloads = True
@@ -176,7 +175,7 @@ class JournalStore:
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         compact_ratio: float = 1.0,
         compact_min_records: int = 10_000,
-        fs: FileSystem | None = None,
+        fs: FileSystem = OS_FILE_SYSTEM,
     ) -> None:
         if segment_bytes < 1024:
             raise ValueError(f"segment_bytes must be at least 1024, got {segment_bytes}")
@@ -192,7 +191,7 @@ class JournalStore:
         """What the last :meth:`load_all` found."""
         self.stats = JournalStats()
         """Counters since open."""
-        self._fs: FileSystem = fs if fs is not None else os
+        self._fs = fs
         self._lock_fd: int | None = None
         self._lock_id: tuple[int, int] | None = None
         self._mutex = threading.Lock()
@@ -214,37 +213,43 @@ class JournalStore:
         self._compact_not_before = 0.0
         self._retry_delay = _RETRY_MIN
         self._closing = False
+        self._closed = True
 
     # -- open / close -------------------------------------------------------------------------
 
     async def open(self) -> None:
         """Create the folder (0700) if needed and take its lock. A checkpoint; runs in a worker
-        thread (not cancellable once started).
+        thread, which a cancellation waits for (the store is then open: close it).
 
         Raises :class:`~engine.StorageLockedError` if another engine holds it, and
-        :class:`~engine.StorageError` if the path is not a usable folder."""
+        :class:`~engine.StorageError` if the path is not a usable folder: not a folder, a folder
+        that grants group or others any access, a lock file that is a symlink, a hard link or
+        not a regular file, or a folder holding a directory store's session files (and no
+        journal). Nothing outside the folder is ever written."""
         await trio.to_thread.run_sync(self._open_sync)
+        self._closed = False
 
     def _open_sync(self) -> None:
         fs = self._fs
+        created = self._make_folder()
         try:
-            created = not _lexists(fs, self.path)
-            if created:
-                self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                fs.mkdir(self.path, 0o700)
-                _fsync_dir(fs, self.path.parent)  # make the new folder's own entry durable
-        except FileExistsError:
-            pass
+            fd = fs.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except NotADirectoryError:
+            raise StorageError(f"storage_dir {self.path} is not a folder") from None
         except OSError as exc:
-            raise StorageError(f"cannot create storage_dir {self.path}: {exc}") from exc
+            raise StorageError(f"cannot open storage_dir {self.path}: {exc}") from exc
         try:
-            if not stat.S_ISDIR(fs.lstat(self.path).st_mode):
-                raise StorageError(f"storage_dir {self.path} is not a folder")
+            mode = fs.fstat(fd).st_mode
+            if created:  # make the new folder's own entry durable
+                _fsync_dir(fs, self.path.parent)
         except OSError as exc:
-            if isinstance(exc, StorageError):
-                raise
-            raise StorageError(f"storage_dir {self.path} is not usable: {exc}") from exc
-        self._take_lock()
+            raise StorageError(f"cannot set up storage_dir {self.path}: {exc}") from exc
+        finally:
+            fs.close(fd)
+        problem = folder_mode_problem(self.path, mode)
+        if problem is not None:
+            raise StorageError(problem)
+        self._lock_fd, self._lock_id = take_lock(fs, self.path)
         try:
             listing = list_folder(fs, self.path)
         except OSError as exc:
@@ -258,42 +263,38 @@ class JournalStore:
             )
         self._next_seq = max(self._next_seq, listing.max_seq + 1)
 
-    def _take_lock(self) -> None:
+    def _make_folder(self) -> bool:
+        """Create the folder (0700) and its missing parents; True if it was created."""
         fs = self._fs
-        lock_path = self.path / LOCK_NAME
-        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
         try:
-            fd = fs.open(lock_path, flags, 0o600)
+            fs.lstat(self.path)
+            return False
+        except FileNotFoundError:
+            pass
         except OSError as exc:
-            raise StorageError(f"cannot open lock file {lock_path}: {exc}") from exc
-        try:
-            st = fs.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise StorageError(f"lock file {lock_path} is not a regular file; remove it")
+            raise StorageError(f"cannot examine storage_dir {self.path}: {exc}") from exc
+        missing = [self.path]
+        for parent in self.path.parents:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = _read_small(fs, fd)
-                raise StorageLockedError(
-                    f"storage_dir {self.path} is in use by another engine"
-                    + (f" (pid {holder})" if holder else "")
-                ) from None
-            fs.ftruncate(fd, 0)
-            _write_all(fs, fd, str(os.getpid()).encode())
-        except StorageError:
-            fs.close(fd)
-            raise
+                fs.lstat(parent)
+                break
+            except FileNotFoundError:
+                missing.append(parent)
+            except OSError:
+                break
+        try:
+            for folder in reversed(missing):
+                with contextlib.suppress(FileExistsError):
+                    fs.mkdir(folder, 0o700 if folder == self.path else 0o777)
         except OSError as exc:
-            fs.close(fd)
-            raise StorageError(f"cannot lock {lock_path}: {exc}") from exc
-        self._lock_fd = fd
-        self._lock_id = (st.st_dev, st.st_ino)
+            raise StorageError(f"cannot create storage_dir {self.path}: {exc}") from exc
+        return True
 
     def _release_lock(self) -> None:
         fd, self._lock_fd = self._lock_fd, None
         if fd is not None:
             with contextlib.suppress(OSError):
-                self._fs.close(fd)  # releases the flock
+                self._fs.close(fd)  # closing the descriptor releases the locks
 
     def _check_folder(self) -> None:
         """If the folder (seen through its lock file) was removed or replaced since open, set it
@@ -324,8 +325,10 @@ class JournalStore:
     async def aclose(self) -> None:
         """Stop a running compaction (its temp file is removed; the next open or write starts
         it again if still due), close the active segment and release the lock. The lock file
-        stays. A checkpoint; waits for the compaction thread to stop, not cancellable."""
+        stays. A checkpoint; waits for the compaction thread to stop, not cancellable.
+        Afterwards :meth:`write` raises :class:`~engine.StorageError`."""
         self._closing = True
+        self._closed = True
         compaction = self._compaction
         if compaction is not None and compaction.thread is not None:
             compaction.stop.set()
@@ -399,6 +402,8 @@ class JournalStore:
 
         After a successful write, starts a compaction if one is due (see the class docstring).
         """
+        if self._closed:  # never write without the lock
+            raise StorageError(f"journal store {self.path} is closed")
         items = list(batch.items())
         if not items:
             await trio.to_thread.run_sync(self._write_sync, None)
@@ -747,18 +752,3 @@ class JournalStore:
         with self._mutex:
             live = len(self._live)
             return live, self._total - live
-
-
-def _lexists(fs: FileSystem, path: Path) -> bool:
-    try:
-        fs.lstat(path)
-    except FileNotFoundError:
-        return False
-    return True
-
-
-def _read_small(fs: FileSystem, fd: int) -> str:
-    try:
-        return fs.pread(fd, 32, 0).decode(errors="replace").strip()
-    except OSError:
-        return ""

@@ -34,6 +34,7 @@ from typing import Final, final
 
 import attrs
 
+from ._fs import FileSystem
 from ._journal_format import (
     FRAME_HEADER,
     HEADER_SIZE,
@@ -52,7 +53,7 @@ from ._journal_format import (
     frame_seed,
     parse_header,
 )
-from ._journal_replay import FileSystem, _fsync_dir, _pread_all, _write_all
+from ._journal_replay import _fsync_dir, _pread_all, _write_all
 
 __all__ = ["CompactionResult", "compact"]
 

@@ -22,12 +22,14 @@ import os
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Final, Generic, Protocol, TypeVar, final
+from typing import Final, Generic, TypeVar, final
 
 import attrs
 import msgspec
 
 from .._errors import StorageError
+from ._files import LOCK_NAME, QUARANTINE
+from ._fs import FileSystem
 from ._journal_format import (
     HEADER_SIZE,
     KIND_SNAPSHOT,
@@ -46,6 +48,8 @@ from ._journal_format import (
 from ._protocol import LoadedRecord
 
 __all__ = [
+    "LOCK_NAME",
+    "FileSystem",
     "JournalFile",
     "JournalReport",
     "Listing",
@@ -58,26 +62,7 @@ log = logging.getLogger("engine.storage")
 
 R = TypeVar("R", bound=LoadedRecord)
 
-LOCK_NAME: Final = ".lock"
 _PARSE_SLICE: Final = 8192
-QUARANTINE: Final = "quarantine"
-
-
-class FileSystem(Protocol):
-    """The calls this module makes, as :mod:`os` has them."""
-
-    def open(self, path: Any, flags: int, mode: int = 0o777, /) -> int: ...
-    def close(self, fd: int, /) -> None: ...
-    def pread(self, fd: int, length: int, offset: int, /) -> bytes: ...
-    def write(self, fd: int, data: bytes | memoryview, /) -> int: ...
-    def ftruncate(self, fd: int, length: int, /) -> None: ...
-    def fsync(self, fd: int, /) -> None: ...
-    def fstat(self, fd: int, /) -> os.stat_result: ...
-    def lstat(self, path: Any, /) -> os.stat_result: ...
-    def mkdir(self, path: Any, mode: int = 0o777, /) -> None: ...
-    def rename(self, src: Any, dst: Any, /) -> None: ...
-    def unlink(self, path: Any, /) -> None: ...
-    def scandir(self, path: Any, /) -> Any: ...
 
 
 @final

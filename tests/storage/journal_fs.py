@@ -12,14 +12,17 @@ from typing import Any
 
 import trio
 
+from engine.testing import ForwardingFileSystem
 
-class CountingFs:
-    """:mod:`os` for a :class:`~engine.JournalStore`, passed as its ``fs``: every call is the
-    real one, counted by kind (``fsync-dir`` / ``fsync-file`` apart). A test can arm one fault
+
+class CountingFs(ForwardingFileSystem):
+    """A filesystem for a :class:`~engine.JournalStore` (``fs=``): every call is the real
+    one, counted by kind (``fsync-dir`` / ``fsync-file`` apart). A test can arm one fault
     (*fault*: ``(call, errno)``, on paths *fault_if* accepts) and pause the compaction thread
     once its snapshot is written, before its fsync and switch-over (:attr:`hold_compaction`)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.calls: Counter[str] = Counter()
         self.fault: tuple[str, int] | None = None
         self.fault_if: Any = None
@@ -33,9 +36,6 @@ class CountingFs:
         self.holding = threading.Event()
         self.release = threading.Event()
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(os, name)
-
     def _maybe_fail(self, call: str, subject: Any) -> None:
         if (
             self.fault is not None
@@ -45,7 +45,7 @@ class CountingFs:
             self.hits += 1
             raise OSError(self.fault[1], f"injected {os.strerror(self.fault[1])}")
 
-    def open(self, path: Any, flags: int, mode: int = 0o777) -> int:
+    def open(self, path: Any, flags: int, mode: int = 0o777, /) -> int:
         self.calls["open"] += 1
         if flags & os.O_CREAT:
             self._maybe_fail("open", os.fsdecode(path))
@@ -56,23 +56,23 @@ class CountingFs:
         self.opened.append(os.fsdecode(path))
         return fd
 
-    def close(self, fd: int) -> None:
+    def close(self, fd: int, /) -> None:
         self.dir_fds.discard(fd)
         self.paths.pop(fd, None)
         os.close(fd)
 
-    def write(self, fd: int, data: Any) -> int:
+    def write(self, fd: int, data: bytes | memoryview, /) -> int:
         self.calls["write"] += 1
         self._maybe_fail("write", self.paths.get(fd, ""))
         n: int = os.write(fd, data)
         return n
 
-    def pread(self, fd: int, length: int, offset: int) -> bytes:
+    def pread(self, fd: int, length: int, offset: int, /) -> bytes:
         self.max_read = max(self.max_read, length)
         data: bytes = os.pread(fd, length, offset)
         return data
 
-    def fsync(self, fd: int) -> None:
+    def fsync(self, fd: int, /) -> None:
         kind = "fsync-dir" if fd in self.dir_fds else "fsync-file"
         self.calls[kind] += 1
         self._maybe_fail(kind, self.paths.get(fd, ""))
@@ -81,17 +81,17 @@ class CountingFs:
             assert self.release.wait(30), "the test never released the compaction"
         os.fsync(fd)
 
-    def rename(self, src: Any, dst: Any) -> None:
+    def rename(self, src: Any, dst: Any, /) -> None:
         self.calls["rename"] += 1
         self._maybe_fail("rename", os.fsdecode(src))
         os.rename(src, dst)
 
-    def unlink(self, path: Any) -> None:
+    def unlink(self, path: Any, /) -> None:
         self.calls["unlink"] += 1
         self._maybe_fail("unlink", os.fsdecode(path))
         os.unlink(path)
 
-    def ftruncate(self, fd: int, length: int) -> None:
+    def ftruncate(self, fd: int, length: int, /) -> None:
         self.calls["ftruncate"] += 1
         os.ftruncate(fd, length)
 

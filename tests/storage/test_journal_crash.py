@@ -29,6 +29,7 @@ import pytest
 import trio
 
 from engine import ConnectionConfig, EngineConfig, JournalStore, open_engine
+from engine.testing import ForwardingFileSystem
 
 from ..strategies import LONG
 from .crash_worker import check_recovered
@@ -120,7 +121,7 @@ def test_sigkill_at_random_moments(tmp_path: Path) -> None:
     print(f"{runs} SIGKILL runs")
 
 
-class SimFs:
+class SimFs(ForwardingFileSystem):
     """The journal store's ``fs``: performs every call for real and models what would survive
     a power cut: a file's content survives only as of its last ``fsync``, a name in the folder
     only as of the folder's last ``fsync``. Just before filesystem operation number *crash_at*
@@ -130,6 +131,7 @@ class SimFs:
     many log lines the workload had written."""
 
     def __init__(self, folder: Path, crash_at: int | None, log: list[str]) -> None:
+        super().__init__()
         self.folder = folder
         self.crash_at = crash_at
         self.log = log
@@ -147,9 +149,6 @@ class SimFs:
         self.dir_fds: set[int] = set()
         self._next_inode = 0
         self._lock = threading.RLock()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(os, name)
 
     def _tick(self, kind: str) -> None:
         self.ops += 1
@@ -169,7 +168,7 @@ class SimFs:
         p = Path(os.fsdecode(path))
         return p.name if p.parent == self.folder else None
 
-    def open(self, path: Any, flags: int, mode: int = 0o777) -> int:
+    def open(self, path: Any, flags: int, mode: int = 0o777, /) -> int:
         with self._lock:
             self._tick("open")
             fd: int = os.open(path, flags, mode)
@@ -185,7 +184,7 @@ class SimFs:
                 self.fd_pos[fd] = 0
             return fd
 
-    def write(self, fd: int, data: Any) -> int:
+    def write(self, fd: int, data: bytes | memoryview, /) -> int:
         with self._lock:
             self._tick("write")
             n: int = os.write(fd, data)
@@ -196,14 +195,14 @@ class SimFs:
                 self.fd_pos[fd] = pos + n
             return n
 
-    def ftruncate(self, fd: int, length: int) -> None:
+    def ftruncate(self, fd: int, length: int, /) -> None:
         with self._lock:
             self._tick("ftruncate")
             os.ftruncate(fd, length)
             if fd in self.fd_inode:
                 del self.content[self.fd_inode[fd]][length:]
 
-    def fsync(self, fd: int) -> None:
+    def fsync(self, fd: int, /) -> None:
         with self._lock:
             self._tick("fsync-dir" if fd in self.dir_fds else "fsync")
             if fd in self.dir_fds:
@@ -212,7 +211,7 @@ class SimFs:
                 inode = self.fd_inode[fd]
                 self.durable_content[inode] = bytes(self.content[inode])
 
-    def rename(self, src: Any, dst: Any) -> None:
+    def rename(self, src: Any, dst: Any, /) -> None:
         with self._lock:
             self._tick("rename")
             os.rename(src, dst)
@@ -220,7 +219,7 @@ class SimFs:
             if a is not None and b is not None and a in self.names:
                 self.names[b] = self.names.pop(a)
 
-    def unlink(self, path: Any) -> None:
+    def unlink(self, path: Any, /) -> None:
         with self._lock:
             self._tick("unlink")
             os.unlink(path)
@@ -228,7 +227,7 @@ class SimFs:
             if name is not None:
                 self.names.pop(name, None)
 
-    def close(self, fd: int) -> None:
+    def close(self, fd: int, /) -> None:
         with self._lock:
             self._tick("close")
             os.close(fd)
@@ -309,7 +308,7 @@ def run_simulated(tmp: Path, crash_at: int | None) -> SimFs:
 
 
 def rebuild(files: dict[str, bytes], folder: Path) -> None:
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, mode=0o700)
     for name, data in files.items():
         (folder / name).write_bytes(data)
 
