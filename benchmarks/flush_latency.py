@@ -26,9 +26,10 @@ from pathlib import Path
 
 import trio
 
-from engine import ConnectionConfig, DirectoryStore, EngineConfig, JournalStore, open_engine
+from engine import ConnectionConfig, DirectoryStore, EngineConfig, JournalStore, Store, open_engine
 from engine._codec import Codec
 from engine.storage import file_name_for
+from engine.testing import MemoryStore
 
 from ._common import (
     DEFAULT_PAYLOAD,
@@ -38,6 +39,7 @@ from ._common import (
     WorkloadResult,
     percentile,
     session_ids,
+    stored_records,
     write_journal,
     write_session_files,
 )
@@ -85,9 +87,15 @@ async def _probe_during(
 
 
 async def _engine_case(
-    folder: Path, ids: list[str], freeze: bool, journal: bool = False
+    folder: Path, ids: list[str], freeze: bool, kind: str = "directory"
 ) -> dict[str, float]:
-    store = JournalStore(folder) if journal else DirectoryStore(folder)
+    store: Store
+    if kind == "journal":
+        store = JournalStore(folder)
+    elif kind == "directory":
+        store = DirectoryStore(folder)
+    else:  # the engine's own floor: a store that keeps nothing
+        store = MemoryStore(keep=False, records=stored_records(ids, time.time()))
     config = EngineConfig(persist_requests=1000, flush_interval=3600)
     async with open_engine(config, store=store) as engine:
 
@@ -166,13 +174,15 @@ def run(quick: bool = False, work_dir: Path | None = None) -> WorkloadResult:
         write_journal(Path(tmp) / "journal", ids, now)
         engine = trio.run(_engine_case, Path(tmp) / "engine", ids, False)
         frozen = trio.run(_engine_case, Path(tmp) / "frozen", ids, True)
-        journal = trio.run(_engine_case, Path(tmp) / "journal", ids, False, True)
+        journal = trio.run(_engine_case, Path(tmp) / "journal", ids, False, "journal")
+        floor = trio.run(_engine_case, Path(tmp) / "none", ids, False, "none")
         sync = trio.run(_sync_case, Path(tmp) / "sync", ids)
     rows: list[list[object]] = []
     for label, f in (
         ("engine, directory store (actor + writer thread)", engine),
         ("engine, directory store, gc.freeze() after start-up", frozen),
         ("engine, journal store", journal),
+        ("engine, store that writes nothing (the engine's own cost)", floor),
         ("synchronous on the loop", sync),
     ):
         rows.append(
@@ -201,7 +211,13 @@ def run(quick: bool = False, work_dir: Path | None = None) -> WorkloadResult:
                 rows=rows,
             )
         ],
-        data={"engine": engine, "engine_gc_frozen": frozen, "journal": journal, "sync": sync},
+        data={
+            "engine": engine,
+            "engine_gc_frozen": frozen,
+            "journal": journal,
+            "floor": floor,
+            "sync": sync,
+        },
         notes=[
             f"engine get p99 with no flush running: {engine['idle_p99_ms']:.2f} ms (directory), "
             f"{journal['idle_p99_ms']:.2f} ms (journal)"

@@ -64,8 +64,8 @@ DEFAULT_SEGMENT_BYTES: Final = 32 << 20
 WRITE_SLICE: Final = 32768
 """Operations per worker-thread call: a close that gives up (``close_timeout``) waits for one
 slice at most. A batch of at most this many operations is one write and one fsync."""
-FRAME_STEP: Final = 256
-"""Records framed per step on the event loop (about 0.2 ms) before a checkpoint."""
+FRAME_STEP: Final = 128
+"""Records framed per step on the event loop (about 0.1 ms) before a checkpoint."""
 _RETRY_MIN: Final = 1.0
 _RETRY_MAX: Final = 60.0
 
