@@ -22,6 +22,7 @@ import attrs
 import cattrs
 
 from ._errors import ConfigError
+from .storage import DEFAULT_STORE, STORE_KINDS, StoreKind
 
 __all__ = [
     "NONE_WORDS",
@@ -71,6 +72,16 @@ def integer(minimum: int, maximum: int | None = None) -> Validator:
     return check
 
 
+def _choice(values: tuple[str, ...]) -> Validator:
+    """One of *values*."""
+
+    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if value not in values:
+            raise ConfigError(attribute.name, f"must be one of {', '.join(values)}, got {value!r}")
+
+    return check
+
+
 def optional(validator: Validator) -> Validator:
     """*validator*, or ``None``."""
 
@@ -114,8 +125,24 @@ class EngineConfig:
         validator=_path_or_none,
         metadata={HELP: "session folder ('none': memory only)"},
     )
-    """Folder holding one file per session; ``None`` keeps sessions in memory only (nothing
-    touches disk and no dirty state is kept)."""
+    """Folder holding the sessions (see :attr:`store`); ``None`` keeps sessions in memory only
+    (nothing touches disk and no dirty state is kept)."""
+
+    store: StoreKind | None = attrs.field(
+        default=None,
+        validator=optional(_choice(STORE_KINDS)),
+        metadata={
+            HELP: "store in storage_dir: journal or directory (default: the one the folder "
+            f"holds; a new folder gets the {DEFAULT_STORE} store)"
+        },
+    )
+    """Which store keeps the sessions in :attr:`storage_dir`: ``"journal"`` (an append-only
+    journal, one fsync per batch of writes, compacted in the background) or ``"directory"`` (one
+    file per session). ``None`` (the default): the store the folder already holds, so a folder
+    written by either keeps opening with it; a new or empty folder gets the
+    :data:`~engine.storage.DEFAULT_STORE` (the journal; docs/design.md says why). A folder that
+    holds the other store than the one named is refused at open (migrate it:
+    ``python -m engine migrate``)."""
 
     ttl: float = attrs.field(
         default=24 * 3600.0,
@@ -324,8 +351,27 @@ def _text_path(value: object, _: object) -> Path | None:
     return None if str(value).strip().lower() in NONE_WORDS else Path(str(value))
 
 
+def _typed_store(value: object, _: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"expected a store name, got {value!r}")
+    return value  # checked against the names by the validator
+
+
+def _text_store(value: object, _: object) -> str | None:
+    text = str(value).strip()
+    return None if text.lower() in NONE_WORDS else text
+
+
 def _converter(
-    number: Any, integer: Any, optional_integer: Any, text: Any, texts: Any, path: Any
+    number: Any,
+    integer: Any,
+    optional_integer: Any,
+    text: Any,
+    texts: Any,
+    path: Any,
+    store: Any,
 ) -> cattrs.Converter:
     converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=False)
     converter.register_structure_hook(float, number)
@@ -334,20 +380,33 @@ def _converter(
     converter.register_structure_hook(str, text)
     converter.register_structure_hook_func(lambda t: t == tuple[str, ...], texts)
     converter.register_structure_hook(Path | None, path)
+    converter.register_structure_hook_func(lambda t: t == StoreKind | None, store)
     converter.register_unstructure_hook(Path, str)
     converter.register_unstructure_hook(tuple, list)
     return converter
 
 
 TYPED: Final = _converter(
-    _typed_number, _typed_int, _typed_optional_int, _typed_str, _typed_strings, _typed_path
+    _typed_number,
+    _typed_int,
+    _typed_optional_int,
+    _typed_str,
+    _typed_strings,
+    _typed_path,
+    _typed_store,
 )
 """Converter for values that already have their type (mappings, TOML, JSON): numbers must be
 numbers (``ttl = "60"`` is refused), lists of strings (or one comma-separated string) become
 tuples, strings become paths."""
 
 TEXT: Final = _converter(
-    _text_number, _text_int, _text_optional_int, _text_str, _text_strings, _text_path
+    _text_number,
+    _text_int,
+    _text_optional_int,
+    _text_str,
+    _text_strings,
+    _text_path,
+    _text_store,
 )
 """Converter for text (environment variables, flags): numbers are parsed, a comma-separated list
 becomes a tuple, ``none``/``null``/empty sets an optional setting to ``None``."""

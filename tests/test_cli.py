@@ -29,7 +29,7 @@ def _make_store(path: Path) -> tuple[list[str], list[str]]:
     expired = ["stream-old-1"]
 
     async def fill(ids: list[str], wall_time: float, query: dict[str, list[str]]) -> None:
-        config = EngineConfig(storage_dir=path, ttl=100)
+        config = EngineConfig(storage_dir=path, store="directory", ttl=100)
         async with open_engine(
             config, payload_type=McpSession, wall_time=lambda: wall_time
         ) as engine:

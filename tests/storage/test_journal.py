@@ -396,7 +396,7 @@ async def test_folder_removed_under_a_running_engine(tmp_path: Path) -> None:
 
 async def test_a_directory_store_folder_is_refused(tmp_path: Path) -> None:
     folder = tmp_path / "d"
-    async with open_engine(EngineConfig(storage_dir=folder)) as e:
+    async with open_engine(EngineConfig(storage_dir=folder, store="directory")) as e:
         await e.create("a", P1)
     before = sorted(os.listdir(folder))
     with pytest.raises(StorageError, match="directory store"):
