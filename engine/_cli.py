@@ -604,8 +604,8 @@ _MIGRATE_BATCH: Final = 10_000
 
 def _migrate(args: argparse.Namespace) -> int:
     """Copy every live session of SRC into the new folder DST, of the other store (or --to).
-    Offline: SRC's lock is taken (a running engine's folder is refused); SRC is not changed
-    beyond what an open does (torn tails, expired records); DST must hold no store yet."""
+    Offline: SRC's lock is taken (a running engine's folder is refused); SRC is changed only as
+    an engine's open changes it (expired sessions, torn tails); DST must hold no store yet."""
     src: Path = args.src
     dst: Path = args.dst
     kind = _existing_store(src)
@@ -650,7 +650,7 @@ def _migrate(args: argparse.Namespace) -> int:
         f"migrated {_count(copied, 'session')} from the {kind} store in {src} to a {target} "
         f"store in {dst}" + (f"; {_count(expired, 'expired session')} left out" if expired else "")
     )
-    _out(f"{src} is unchanged; start the engine on {dst}, then remove {src}")
+    _out(f"{src} still holds them; start the engine on {dst}, then remove {src}")
     return EXIT_OK
 
 
@@ -726,8 +726,9 @@ def _parser() -> argparse.ArgumentParser:
         "migrate",
         help="copy a storage folder's sessions into a new folder of the other store",
         description="Copy every live session of SRC into DST, a new (missing or empty) folder, "
-        "as the other store (or --to). Offline: refuses a SRC a running engine holds. SRC is "
-        "left as it was; start the engine on DST, then remove SRC.",
+        "as the other store (or --to). Offline: refuses a SRC a running engine holds. SRC keeps "
+        "its sessions (it is opened as an engine opens it); start the engine on DST, then "
+        "remove SRC.",
     )
     migrate.add_argument("src", type=Path, help="the folder to copy")
     migrate.add_argument("dst", type=Path, help="a new folder")
