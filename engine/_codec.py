@@ -83,7 +83,8 @@ class Codec(Generic[P]):
 
         The copy (made by a JSON round trip, exactly what storage will do) means a caller mutating
         its object afterwards cannot change what the engine stores, and that every accepted payload
-        can be stored and read back: NaN or infinite floats (JSON has none), lone surrogates,
+        can be stored and read back unchanged: NaN or infinite floats (JSON has none), bytes,
+        non-string dict keys and tuples in untyped (``Any``) fields, lone surrogates,
         nesting too deep to decode and payloads over :data:`MAX_PAYLOAD_BYTES` are rejected here
         instead of failing in the actor or being quarantined at the next open.
         """
@@ -103,8 +104,26 @@ class Codec(Generic[P]):
                 f"payload of {len(data)} bytes is over the {MAX_PAYLOAD_BYTES} byte limit"
             )
         try:
-            return self._payload_decoder.decode(data)
+            copy = self._payload_decoder.decode(data)
         except RecursionError:
             raise PayloadError("invalid payload: nested too deeply") from None
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:  # NaN/inf become null
             raise PayloadError(f"invalid payload: {exc}") from None
+        if _builtins(payload) != _builtins(copy):
+            # Typed fields are checked by the decoder; untyped (``Any``) ones are not: NaN
+            # becomes null, bytes base64 text, an int key a string key, a tuple a list.
+            raise PayloadError(
+                "invalid payload: a value would not come back from storage unchanged (NaN or "
+                "infinite float, bytes, a non-string dict key, or a tuple in an untyped "
+                "field)"
+            )
+        return copy
+
+
+_KEPT_TYPES: Final = (bytes, bytearray, memoryview)
+
+
+def _builtins(value: object) -> object:
+    """*value* as plain Python values with bytes and dict keys kept as they are, so that two
+    payloads compare equal exactly when they encode and decode to the same thing."""
+    return msgspec.to_builtins(value, builtin_types=_KEPT_TYPES, str_keys=False)
