@@ -152,6 +152,61 @@ def _serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _sdk_example(args: argparse.Namespace) -> int:
+    try:
+        from .mcp.sdk import SdkVersionError
+        from .mcp.sdk.example import serve as serve_example
+    except ImportError as exc:  # the SDK is an extra: pip install 'engine[sdk]'
+        print(f"engine sdk-example: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    flags = {
+        field: getattr(args, field)
+        for _, field, _ in _SERVE_FLAGS
+        if getattr(args, field) is not None
+    }
+    try:
+        config = load_server_config(config_file=args.config, flags=flags)
+        tokens = dict(_token(text) for text in args.token)
+    except (ConfigError, SdkVersionError) as exc:
+        print(f"engine sdk-example: invalid configuration: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        trio.run(
+            partial(
+                serve_example,
+                config,
+                hibernate_after=args.hibernate_after,
+                tokens=tokens,
+                announce=sys.stdout,
+            )
+        )
+    except Exception as exc:
+        error = _single(exc)
+        if isinstance(error, StorageLockedError):
+            print(f"engine sdk-example: {error}; stop it first", file=sys.stderr)
+            return EXIT_LOCKED
+        if isinstance(error, OSError):
+            print(
+                f"engine sdk-example: cannot listen on {_address(config)}: {error}",
+                file=sys.stderr,
+            )
+            return EXIT_ERROR
+        raise
+    return EXIT_OK
+
+
+def _token(text: str) -> tuple[str, str]:
+    name, sep, token = text.partition("=")
+    if not sep or not name or not token:
+        raise ConfigError("token", f"expected NAME=TOKEN, got {text!r}")
+    return token, name
+
+
 def _single(exc: BaseException) -> BaseException:
     """The one exception inside nested single-member exception groups, else *exc*."""
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
@@ -430,6 +485,37 @@ def _parser() -> argparse.ArgumentParser:
         help="log level on stderr (default info)",
     )
 
+    example = commands.add_parser(
+        "sdk-example",
+        help="run an official-SDK MCP server whose sessions survive restarts (needs engine[sdk])",
+        description="Serve an MCPServer (official MCP SDK) with three tools, its sessions kept "
+        "by engine.mcp.sdk.SdkSessions, on hypercorn's trio worker in one process. Same "
+        "settings as serve; GET /healthz shows the adapter's counters.",
+    )
+    example.add_argument("--config", type=Path, default=None, help="TOML file")
+    for flag, field, help_text in _SERVE_FLAGS:
+        example.add_argument(flag, dest=field, default=None, metavar="VALUE", help=help_text)
+    example.add_argument(
+        "--hibernate-after",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="close SDK sessions idle this long; they stay stored and come back (default 60)",
+    )
+    example.add_argument(
+        "--token",
+        action="append",
+        default=[],
+        metavar="NAME=TOKEN",
+        help="require bearer tokens: accept TOKEN as principal NAME (repeatable)",
+    )
+    example.add_argument(
+        "--log-level",
+        default="warning",
+        choices=["debug", "info", "warning", "error"],
+        help="log level on stderr (default warning)",
+    )
+
     for name, help_text in (
         ("inspect", "list the sessions in a storage folder"),
         ("stats", "print counts for a storage folder"),
@@ -461,6 +547,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "sdk-example":
+            return _sdk_example(args)
         if args.command == "inspect":
             return _inspect(args)
         if args.command == "stats":
