@@ -11,10 +11,9 @@ from typing import Any, Final
 
 import httpx2
 import trio
+from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp_types import Implementation
-
-from mcp import Client
 
 from ..test_server_support import ServerProcess
 
@@ -97,7 +96,8 @@ async def session_info(client: Client) -> dict[str, Any]:
     result = await client.call_tool("session_info", {})
     assert not result.is_error, result
     assert result.structured_content is not None
-    return result.structured_content
+    info: dict[str, Any] = result.structured_content
+    return info
 
 
 async def add(client: Client, a: int, b: int) -> int:
@@ -121,22 +121,24 @@ def _headers(session_id: str | None, token: str | None) -> dict[str, str]:
     return headers
 
 
+INITIALIZE_BODY: Final[dict[str, Any]] = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": LEGACY,
+        "capabilities": {"roots": {"listChanged": True}},
+        "clientInfo": {"name": "raw-http", "version": "1"},
+    },
+}
+
+
 async def raw_initialize(http: httpx2.AsyncClient, url: str, token: str | None = None) -> str:
     """Open a legacy session over plain HTTP (initialize, then notifications/initialized) and
     return its id. Unlike the official client, opens no standalone GET stream."""
-    body = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": LEGACY,
-            "capabilities": {"roots": {"listChanged": True}},
-            "clientInfo": {"name": "raw-http", "version": "1"},
-        },
-    }
     headers = _headers(None, token)
     del headers["mcp-protocol-version"]
-    response = await http.post(url, json=body, headers=headers)
+    response = await http.post(url, json=INITIALIZE_BODY, headers=headers)
     assert response.status_code == 200, response.text
     session_id = response.headers["mcp-session-id"]
     response = await raw_post(http, url, session_id, "notifications/initialized", token=token)
@@ -170,16 +172,18 @@ async def raw_call(
     tool: str,
     arguments: dict[str, Any],
     *,
+    request_id: int = 7,
     token: str | None = None,
 ) -> httpx2.Response:
-    """``tools/call`` on a session; the answer is an SSE stream (read it with :func:`sse_result`)."""
+    """``tools/call`` on a session; the answer is an SSE stream (read it with :func:`sse_result`).
+    Requests in flight together on one session need distinct *request_id* values."""
     return await raw_post(
         http,
         url,
         session_id,
         "tools/call",
         {"name": tool, "arguments": arguments},
-        request_id=7,
+        request_id=request_id,
         token=token,
     )
 

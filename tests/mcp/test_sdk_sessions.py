@@ -10,7 +10,6 @@ from pathlib import Path
 import httpx2
 import pytest
 import trio
-
 from mcp import Client
 
 from .sdk_support import (
@@ -158,8 +157,8 @@ async def test_a_hibernated_session_answers_its_next_request(tmp_path: Path) -> 
     ):
         session_id = await raw_initialize(http, server.url)
         with trio.fail_after(10):
-            while (health := await server.health())["hibernated"] < 1:
-                await trio.sleep(0.1)
+            while (health := await server.health())["hibernated"] < 1:  # noqa: ASYNC110
+                await trio.sleep(0.1)  # another process: poll
         assert health["live_in_sdk"] == 0 and health["engine"]["live_sessions"] == 1, health
         response = await raw_call(http, server.url, session_id, "add", {"a": 2, "b": 2})
         assert response.status_code == 200, response.text

@@ -523,41 +523,47 @@ class SdkSessions:
                 body.extend(message.get("body", b""))
             return message
 
+        lock = trio.Lock()  # the SSE writer and sse-starlette's pings send concurrently
         held: list[Message] = []
         answer = bytearray()
         session_id: str | None = None
         sse = False
+        holding = False
 
         async def recording_send(message: Message) -> None:
-            nonlocal session_id, sse
-            if message["type"] == "http.response.start":
-                raw = _header(message, _SESSION_HEADER)
-                if message["status"] < 400 and raw is not None:
-                    session_id = raw.decode("latin-1")
-                    content_type = _header(message, b"content-type") or b""
-                    sse = content_type.lower().startswith(b"text/event-stream")
-                    self._live[session_id] = _Activity(trio.current_time())
-                    held.append(message)
+            nonlocal session_id, sse, holding
+            async with lock:
+                kind = message["type"]
+                if kind == "http.response.start":
+                    raw = _header(message, _SESSION_HEADER)
+                    if message["status"] < 400 and raw is not None:
+                        session_id = raw.decode("latin-1")
+                        content_type = _header(message, b"content-type") or b""
+                        sse = content_type.lower().startswith(b"text/event-stream")
+                        self._live[session_id] = _Activity(trio.current_time())
+                        holding = True
+                if not holding:
+                    await send(message)
                     return
-            elif held and message["type"] == "http.response.body":
                 held.append(message)
+                if kind != "http.response.body":
+                    return
                 answer.extend(message.get("body", b""))
                 complete = not message.get("more_body", False)
                 done, version = _negotiated_version(bytes(answer), sse, complete)
                 if not done:
                     return
+                holding = False
                 assert session_id is not None
-                messages = held.copy()
-                held.clear()
                 if version is not None and not await self._record(
                     engine, session_id, bytes(body), version, scope
                 ):
+                    held.clear()
                     await _error(send, 503, -32603, "Server shutting down")
                     return
-                for queued in messages:
+                for queued in held:
                     await send(queued)
-                return
-            await send(message)
+                held.clear()
 
         await inner(scope, copying_receive, recording_send)
 
