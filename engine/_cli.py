@@ -155,7 +155,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _sdk_example(args: argparse.Namespace) -> int:
     try:
         from .mcp.sdk import SdkVersionError
-        from .mcp.sdk.example import serve as serve_example
+        from .mcp.sdk.example import serve_example
     except ImportError as exc:  # the SDK is an extra: pip install 'engine[sdk]'
         print(f"engine sdk-example: {exc}", file=sys.stderr)
         return EXIT_ERROR

@@ -68,6 +68,17 @@ PUBLIC: dict[str, set[str]] = {
         "load_server_config",
         "serve",
     },
+    "engine.mcp.sdk": {
+        "DEFAULT_HIBERNATE_AFTER",
+        "SDK_VERSION",
+        "SUPPORTED_SDK_VERSIONS",
+        "SdkSession",
+        "SdkSessions",
+        "SdkStatistics",
+        "SdkVersionError",
+        "SessionOwner",
+    },
+    "engine.mcp.sdk.example": {"StaticTokens", "build_app", "build_server", "serve_example"},
     "engine.testing": {"MemoryStore", "record_times"},
 }
 

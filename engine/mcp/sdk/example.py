@@ -3,8 +3,8 @@ tools, its sessions kept by :class:`~engine.mcp.sdk.SdkSessions`, served by hype
 in one process.
 
 The part a user of the SDK adds to an existing app is the wrapping in :func:`build_app`; the
-rest (:func:`serve`) is what running hypercorn on trio in-process looks like. ``GET /healthz``
-answers the adapter's counters as JSON.
+rest (:func:`serve_example`) is what running hypercorn on trio in-process looks like.
+``GET /healthz`` answers the adapter's counters as JSON.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
     from .. import ServerConfig
 
-__all__ = ["StaticTokens", "build_app", "build_server", "serve"]
+__all__ = ["StaticTokens", "build_app", "build_server", "serve_example"]
 
 log = logging.getLogger("engine.sdk")
 
@@ -129,7 +129,7 @@ def build_app(
     return sessions
 
 
-def hypercorn_config(config: ServerConfig) -> HypercornConfig:
+def _hypercorn_config(config: ServerConfig) -> HypercornConfig:
     """Hypercorn settings: one bind, no access log, the graceful timeout of *config*."""
     from hypercorn.config import Config as HypercornConfig
 
@@ -144,7 +144,7 @@ def hypercorn_config(config: ServerConfig) -> HypercornConfig:
     return hc
 
 
-async def serve(
+async def serve_example(
     config: ServerConfig,
     *,
     hibernate_after: float = 60.0,
@@ -165,7 +165,7 @@ async def serve(
     from hypercorn.trio import serve as hypercorn_serve
 
     app = build_app(config.engine, host=config.host, hibernate_after=hibernate_after, tokens=tokens)
-    hc = hypercorn_config(config)
+    hc = _hypercorn_config(config)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
 
