@@ -540,7 +540,9 @@ class SdkSessions:
                         session_id = raw.decode("latin-1")
                         content_type = _header(message, b"content-type") or b""
                         sse = content_type.lower().startswith(b"text/event-stream")
-                        self._live[session_id] = _Activity(trio.current_time())
+                        opened.append(_Activity(trio.current_time()))
+                        opened[0].in_flight = 1  # a request in flight: not hibernated
+                        self._live[session_id] = opened[0]
                         holding = True
                 if not holding:
                     await send(message)
@@ -565,7 +567,13 @@ class SdkSessions:
                     await send(queued)
                 held.clear()
 
-        await inner(scope, copying_receive, recording_send)
+        opened: list[_Activity] = []
+        try:
+            await inner(scope, copying_receive, recording_send)
+        finally:
+            if opened:
+                opened[0].in_flight -= 1
+                opened[0].last = trio.current_time()
 
     async def _record(
         self, engine: Engine[SdkSession], session_id: str, body: bytes, version: str, scope: Scope
