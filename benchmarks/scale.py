@@ -17,11 +17,11 @@ import trio
 
 from engine import EngineConfig, open_engine
 from engine._core import SessionTable
+from engine.testing import MemoryStore
 
 from ._common import (
     DEFAULT_PAYLOAD,
     TTL,
-    MemoryStore,
     Table,
     WorkloadResult,
     median,
@@ -38,7 +38,7 @@ TASKS = 100
 async def _throughput(ids: list[str], rounds: int, duration: float) -> dict[str, float]:
     """Median get-and-touch/s of the engine, with the bound and the do-nothing actor measured in
     the same rounds (interleaved) for reference."""
-    store = MemoryStore(records=stored_records(ids, time.time()))
+    store = MemoryStore(records=stored_records(ids, time.time()), keep=False)
     rng = random.Random(5)
     per_task = [[ids[rng.randrange(len(ids))] for _ in range(2048)] for _ in range(TASKS)]
     async with (

@@ -1,43 +1,84 @@
-"""Engine configuration: one frozen attrs class, built directly, from a mapping, or from the
-environment."""
+"""Configuration: :class:`EngineConfig`, and the one mechanism every configuration class of the
+project is built with (the reference server's ``ServerConfig`` too).
+
+A configuration class is a frozen attrs class whose fields carry validators from this module
+(:func:`seconds`, :func:`integer`, ...), each raising :class:`~engine.ConfigError` naming the
+field. Values reach it from keywords (the attrs constructor), or through :func:`structure_fields`,
+which converts one source's values field by field with cattrs: :data:`TYPED` for values that
+already have their type (a mapping, parsed TOML or JSON), :data:`TEXT` for text (environment
+variables, command-line flags). Converting field by field lets a caller merge several sources
+(defaults < file < environment < flags) before building the object once.
+"""
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final, final
 
 import attrs
 import cattrs
-from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError
 
 from ._errors import ConfigError
 
-__all__ = ["EngineConfig"]
+__all__ = [
+    "NONE_WORDS",
+    "TEXT",
+    "TYPED",
+    "HELP",
+    "EngineConfig",
+    "Validator",
+    "env_values",
+    "integer",
+    "optional",
+    "seconds",
+    "structure_fields",
+]
+
+Validator = Callable[[object, "attrs.Attribute[Any]", Any], None]
+"""An attrs validator: ``(instance, attribute, value)``, raising :class:`~engine.ConfigError`."""
+
+HELP: Final = "help"
+"""Key of a field's one-line description in its attrs ``metadata`` (shown by ``serve --help``)."""
 
 
-def _positive_number(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+# -- validators shared by every configuration class -------------------------------------------
+
+
+def seconds(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    """A duration: a finite number of seconds > 0 (int or float, not bool)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(attribute.name, f"must be a number of seconds, got {value!r}")
     if not math.isfinite(value) or value <= 0:
         raise ConfigError(attribute.name, f"must be a finite number > 0, got {value!r}")
 
 
-def _count(minimum: int) -> Any:
+def integer(minimum: int, maximum: int | None = None) -> Validator:
+    """An integer (not bool) from *minimum* to *maximum* (inclusive; no upper bound if None)."""
+
     def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(attribute.name, f"must be an integer, got {value!r}")
+        if maximum is not None and not minimum <= value <= maximum:
+            raise ConfigError(
+                attribute.name, f"must be an integer from {minimum} to {maximum}, got {value!r}"
+            )
         if value < minimum:
             raise ConfigError(attribute.name, f"must be >= {minimum}, got {value!r}")
 
     return check
 
 
-def _optional_count(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is not None:
-        _count(1)(instance, attribute, value)
+def optional(validator: Validator) -> Validator:
+    """*validator*, or ``None``."""
+
+    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if value is not None:
+            validator(instance, attribute, value)
+
+    return check
 
 
 def _to_path(value: object) -> Path | None:
@@ -48,11 +89,14 @@ def _to_path(value: object) -> Path | None:
     return value  # type: ignore[return-value]  # rejected by the validator with a clear message
 
 
-def _check_path(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+def _path_or_none(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value == "":
         raise ConfigError(attribute.name, "must not be empty")
     if value is not None and not isinstance(value, Path):
         raise ConfigError(attribute.name, f"must be a path or None, got {value!r}")
+
+
+# -- EngineConfig -------------------------------------------------------------------------------
 
 
 @final
@@ -64,34 +108,71 @@ class EngineConfig:
     Durations are in seconds (int or float).
     """
 
-    storage_dir: Path | None = attrs.field(default=None, converter=_to_path, validator=_check_path)
+    storage_dir: Path | None = attrs.field(
+        default=None,
+        converter=_to_path,
+        validator=_path_or_none,
+        metadata={HELP: "session folder ('none': memory only)"},
+    )
     """Folder holding one file per session; ``None`` keeps sessions in memory only (nothing
     touches disk and no dirty state is kept)."""
 
-    ttl: float = attrs.field(default=24 * 3600.0, validator=_positive_number)
+    ttl: float = attrs.field(
+        default=24 * 3600.0,
+        validator=seconds,
+        metadata={HELP: "idle seconds before a session expires"},
+    )
     """Idle time after which a session expires. Sliding: each touch sets ``expires = now + ttl``."""
 
-    persist_requests: int = attrs.field(default=100, validator=_count(1))
+    persist_requests: int = attrs.field(
+        default=100,
+        validator=integer(1),
+        metadata={HELP: "N: persist a session after this many requests"},
+    )
     """N of the dual trigger: persist a session after this many touches since its last persist."""
 
-    persist_interval: float = attrs.field(default=300.0, validator=_positive_number)
+    persist_interval: float = attrs.field(
+        default=300.0,
+        validator=seconds,
+        metadata={HELP: "M: persist a touched session after this many seconds"},
+    )
     """M of the dual trigger: persist a touched session once this long has passed since its last
     persist (the clock starts at create or load)."""
 
-    flush_interval: float = attrs.field(default=60.0, validator=_positive_number)
+    flush_interval: float = attrs.field(
+        default=60.0,
+        validator=seconds,
+        metadata={HELP: "seconds between flushes of dirty sessions"},
+    )
     """Period of the flush tick, which persists every dirty session."""
 
-    max_sessions: int | None = attrs.field(default=None, validator=_optional_count)
+    max_sessions: int | None = attrs.field(
+        default=None,
+        validator=optional(integer(1)),
+        metadata={HELP: "bound on live sessions ('none': no bound)"},
+    )
     """Bound on live sessions. At the bound, a create evicts the least recently accessed session
     (deleted from memory and storage, counted as evicted). ``None``: no bound."""
 
-    queue_size: int = attrs.field(default=1024, validator=_count(1))
+    queue_size: int = attrs.field(
+        default=1024,
+        validator=integer(1),
+        metadata={HELP: "bound of the engine's request queue"},
+    )
     """Bound of the request channel. Callers wait (``await send``) when it is full."""
 
-    retry_interval: float = attrs.field(default=1.0, validator=_positive_number)
+    retry_interval: float = attrs.field(
+        default=1.0,
+        validator=seconds,
+        metadata={HELP: "seconds before a failed storage write is retried"},
+    )
     """Delay before a failed storage write is retried."""
 
-    close_timeout: float = attrs.field(default=30.0, validator=_positive_number)
+    close_timeout: float = attrs.field(
+        default=30.0,
+        validator=seconds,
+        metadata={HELP: "longest the final flush may take at shutdown, in seconds"},
+    )
     """Longest time closing may spend on the final flush (shielded from cancellation)."""
 
     @classmethod
@@ -101,9 +182,7 @@ class EngineConfig:
         Keys are field names; values must already have the right type (numbers as numbers).
         Unknown keys and wrong types raise :class:`~engine.ConfigError` naming the field.
         """
-        if not isinstance(values, Mapping):
-            raise ConfigError("<config>", f"expected a mapping, got {type(values).__name__}")
-        return _structure(_STRICT, dict(values))
+        return cls(**structure_fields(cls, values, TYPED))
 
     @classmethod
     def from_env(
@@ -115,63 +194,96 @@ class EngineConfig:
 
         *environ* defaults to :data:`os.environ`.
         """
-        env = os.environ if environ is None else environ
-        values: dict[str, object] = {}
-        for field in attrs.fields(cls):
-            key = prefix + field.name.upper()
-            if key in env:
-                values[field.name] = env[key]
-        return _structure(_FROM_STRINGS, values)
+        return cls(**structure_fields(cls, env_values(cls, prefix, environ), TEXT))
 
     def to_mapping(self) -> dict[str, object]:
         """The config as a plain dict that :meth:`from_mapping` accepts."""
-        return _STRICT.unstructure(self)  # type: ignore[no-any-return]
+        return TYPED.unstructure(self)  # type: ignore[no-any-return]
 
 
-def _structure(converter: cattrs.Converter, values: dict[str, object]) -> EngineConfig:
-    try:
-        return converter.structure(values, EngineConfig)
-    except ForbiddenExtraKeysError as exc:
-        raise ConfigError(", ".join(sorted(exc.extra_fields)), "unknown setting") from None
-    except ClassValidationError as group:
-        raise _first_field_error(group) from None
+# -- structuring one source's values -------------------------------------------------------------
 
 
-def _first_field_error(group: BaseExceptionGroup[Exception]) -> ConfigError:
-    for exc in group.exceptions:
-        if isinstance(exc, ConfigError):
-            return exc
-        if isinstance(exc, ForbiddenExtraKeysError):
-            return ConfigError(", ".join(sorted(exc.extra_fields)), "unknown setting")
-        for note in getattr(exc, "__notes__", ()):
-            name = getattr(note, "name", None)
-            if isinstance(name, str):
-                return ConfigError(name, str(exc))
-        if isinstance(exc, BaseExceptionGroup):
-            return _first_field_error(exc)
-    return ConfigError("<config>", str(group))
+def structure_fields(
+    cls: type[Any],
+    values: Mapping[str, object],
+    converter: cattrs.Converter,
+    *,
+    where: str = "",
+) -> dict[str, Any]:
+    """Convert *values* (field name to value, from one source) to the types of *cls*'s fields
+    with *converter* (:data:`TYPED` or :data:`TEXT`), ready for ``cls(**result)`` or
+    ``attrs.evolve``. Validation is left to the class's validators, which run when it is built.
+
+    Raises :class:`~engine.ConfigError` naming the field for an unknown key (*where* is added to
+    the message, e.g. ``" in [server] of engine.toml"``) or a value of the wrong type.
+    """
+    if not isinstance(values, Mapping):
+        raise ConfigError("<config>", f"expected a mapping, got {type(values).__name__}")
+    fields = attrs.fields_dict(cls)
+    unknown = sorted(str(name) for name in values if name not in fields)
+    if unknown:
+        raise ConfigError(", ".join(unknown), "unknown setting" + where)
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        try:
+            out[name] = converter.structure(value, fields[name].type)  # type: ignore[arg-type]
+        except ConfigError:
+            raise
+        except Exception as exc:  # the hooks' TypeError/ValueError, or cattrs' own errors
+            raise ConfigError(name, str(exc) or type(exc).__name__) from None
+    return out
 
 
-_NONE_WORDS: Final = frozenset({"", "none", "null"})
+def env_values(
+    cls: type[Any], prefix: str = "ENGINE_", environ: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The text values for *cls*'s fields found in *environ* (default :data:`os.environ`) under
+    ``prefix + FIELD_NAME.upper()``, keyed by field name; for :func:`structure_fields` with
+    :data:`TEXT`."""
+    env = os.environ if environ is None else environ
+    return {
+        field.name: env[prefix + field.name.upper()]
+        for field in attrs.fields(cls)
+        if prefix + field.name.upper() in env
+    }
 
 
-def _strict_number(value: object, _: object) -> float:
+NONE_WORDS: Final = frozenset({"", "none", "null"})
+"""Texts that set an optional setting to ``None`` (case-insensitive)."""
+
+
+def _typed_number(value: object, _: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"expected a number, got {value!r}")
     return value
 
 
-def _strict_int(value: object, _: object) -> int:
+def _typed_int(value: object, _: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"expected an integer, got {value!r}")
     return value
 
 
-def _strict_optional_int(value: object, t: object) -> int | None:
-    return None if value is None else _strict_int(value, t)
+def _typed_optional_int(value: object, t: object) -> int | None:
+    return None if value is None else _typed_int(value, t)
 
 
-def _strict_path(value: object, _: object) -> Path | None:
+def _typed_str(value: object, _: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {value!r}")
+    return value
+
+
+def _typed_strings(value: object, t: object) -> tuple[str, ...]:
+    if isinstance(value, str):  # a comma-separated list, as in the environment
+        return _text_strings(value, t)
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise TypeError(f"expected a list of strings, got {value!r}")
+    return tuple(value)
+
+
+def _typed_path(value: object, _: object) -> Path | None:
     if value is None:
         return None
     if value == "":
@@ -181,7 +293,7 @@ def _strict_path(value: object, _: object) -> Path | None:
     raise TypeError(f"expected a path string, got {value!r}")
 
 
-def _env_number(value: object, _: object) -> float:
+def _text_number(value: object, _: object) -> float:
     try:
         number = float(str(value))
     except ValueError:
@@ -189,30 +301,55 @@ def _env_number(value: object, _: object) -> float:
     return int(number) if number.is_integer() else number
 
 
-def _env_int(value: object, _: object) -> int:
+def _text_int(value: object, _: object) -> int:
     try:
         return int(str(value))
     except ValueError:
         raise ValueError(f"expected an integer, got {value!r}") from None
 
 
-def _env_optional_int(value: object, t: object) -> int | None:
-    return None if str(value).strip().lower() in _NONE_WORDS else _env_int(value, t)
+def _text_optional_int(value: object, t: object) -> int | None:
+    return None if str(value).strip().lower() in NONE_WORDS else _text_int(value, t)
 
 
-def _env_path(value: object, _: object) -> Path | None:
-    return None if str(value).strip().lower() in _NONE_WORDS else Path(str(value))
+def _text_str(value: object, _: object) -> str:
+    return str(value)
 
 
-def _converter(number: Any, integer: Any, optional_integer: Any, path: Any) -> cattrs.Converter:
-    converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+def _text_strings(value: object, _: object) -> tuple[str, ...]:
+    return tuple(item.strip() for item in str(value).split(",") if item.strip())
+
+
+def _text_path(value: object, _: object) -> Path | None:
+    return None if str(value).strip().lower() in NONE_WORDS else Path(str(value))
+
+
+def _converter(
+    number: Any, integer: Any, optional_integer: Any, text: Any, texts: Any, path: Any
+) -> cattrs.Converter:
+    converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=False)
     converter.register_structure_hook(float, number)
     converter.register_structure_hook(int, integer)
     converter.register_structure_hook(int | None, optional_integer)
+    converter.register_structure_hook(str, text)
+    converter.register_structure_hook_func(lambda t: t == tuple[str, ...], texts)
     converter.register_structure_hook(Path | None, path)
     converter.register_unstructure_hook(Path, str)
+    converter.register_unstructure_hook(tuple, list)
     return converter
 
 
-_STRICT: Final = _converter(_strict_number, _strict_int, _strict_optional_int, _strict_path)
-_FROM_STRINGS: Final = _converter(_env_number, _env_int, _env_optional_int, _env_path)
+TYPED: Final = _converter(
+    _typed_number, _typed_int, _typed_optional_int, _typed_str, _typed_strings, _typed_path
+)
+"""Converter for values that already have their type (mappings, TOML, JSON): numbers must be
+numbers (``ttl = "60"`` is refused), lists of strings (or one comma-separated string) become
+tuples, strings become paths."""
+
+TEXT: Final = _converter(
+    _text_number, _text_int, _text_optional_int, _text_str, _text_strings, _text_path
+)
+"""Converter for text (environment variables, flags): numbers are parsed, a comma-separated list
+becomes a tuple, ``none``/``null``/empty sets an optional setting to ``None``."""
+
+attrs.resolve_types(EngineConfig)

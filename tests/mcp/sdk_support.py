@@ -15,7 +15,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp_types import Implementation
 
-from ..test_server_support import ServerProcess
+from .support import ServerProcess
 
 LEGACY: Final = "2025-11-25"
 CLIENT_INFO: Final = Implementation(name="engine-sdk-tests", version="3.1.4")

@@ -130,7 +130,7 @@ def build_app(
 
 
 def _hypercorn_config(config: ServerConfig) -> HypercornConfig:
-    """Hypercorn settings: one bind, no access log, the graceful timeout of *config*."""
+    """Hypercorn settings: one bind, no access log, the timeouts and backlog of *config*."""
     from hypercorn.config import Config as HypercornConfig
 
     hc = HypercornConfig()
@@ -139,8 +139,9 @@ def _hypercorn_config(config: ServerConfig) -> HypercornConfig:
     hc.graceful_timeout = config.graceful_timeout
     hc.accesslog = None
     hc.errorlog = logging.getLogger("hypercorn.error")
-    hc.keep_alive_timeout = 30
-    hc.backlog = 1024
+    hc.keep_alive_timeout = config.keep_alive_timeout
+    hc.keep_alive_max_requests = config.keep_alive_max_requests
+    hc.backlog = config.backlog
     return hc
 
 
