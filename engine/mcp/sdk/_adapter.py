@@ -318,7 +318,9 @@ class SdkSessions:
         flush, shielded, at most ``config.close_timeout``). Enter it before the SDK's
         ``session_manager.run()`` and leave it after, if you run your own lifespan instead of
         serving the wrapped app's. Raises what :func:`~engine.open_engine` raises (for example
-        :class:`~engine.StorageLockedError`). Checkpoint on entry and exit."""
+        :class:`~engine.StorageLockedError`). Checkpoint on entry and exit; cancelled, it stops
+        as :func:`~engine.open_engine` does (the final flush is shielded). Running twice at
+        once raises ``RuntimeError``; after exit it can run again."""
         if self._engine is not None:
             raise RuntimeError("SdkSessions is already running")
         async with (
@@ -339,7 +341,11 @@ class SdkSessions:
         """ASGI entry. ``lifespan`` opens the engine around the SDK app's own lifespan (and
         reports ``lifespan.startup.failed`` if the engine cannot open, for example because
         another process holds its storage); everything else goes to the SDK app. Checkpoint.
-        After the engine closed, requests that need it raise ``RuntimeError``."""
+        Cancel-safe in the engine's sense: a request cancelled (client gone, server stopping)
+        before the engine applied its record, touch or delete leaves no trace in the engine;
+        once applied, the change stands even if the answer is never sent (a record whose
+        ``initialize`` answer was lost is a session nobody knows the id of: it expires). After
+        the engine closed, requests that need it raise ``RuntimeError``."""
         if scope["type"] == "lifespan":
             await self._lifespan(scope, receive, send)
         elif scope["type"] == "http":
