@@ -496,17 +496,17 @@ class SdkSessions:
             if session.owner != _owner(scope):
                 log.warning("session %s: credential is not its creator's", session_id[:64])
                 return False
-            if self._sdk.at_capacity():
-                self._counts["refused"] += 1
-                return _BUSY
             try:
                 params = _json_decode(session.client_params)
-                await self._sdk.restore(
+                restored = await self._sdk.restore(
                     session_id, params, session.protocol_version, _owner_mapping(session.owner)
                 )
             except (msgspec.DecodeError, ValidationError) as exc:
                 log.error("session %s has unusable stored params: %s", session_id[:64], exc)
                 return False
+            if not restored:
+                self._counts["refused"] += 1
+                return _BUSY
             self._counts["restored"] += 1
             return True
         finally:

@@ -267,16 +267,19 @@ class SdkManager:
         client_params: Mapping[str, Any],
         protocol_version: str,
         owner: Mapping[str, str | None] | None,
-    ) -> None:
+    ) -> bool:
         """Bring a session back into the SDK under *session_id*, as if its ``initialize``
         handshake had just completed: a transport with the manager's settings, a connection
         whose ``client_params``, ``protocol_version`` and ``initialized`` are set, its server
         loop running in the manager's task group, registered (with *owner*) once the loop runs.
+        Returns False, registering nothing, if the SDK holds ``max_sessions`` sessions (checked
+        again at the registration, which is atomic with it).
 
         Raises ``pydantic.ValidationError`` if *client_params* are not valid initialize params
-        and ``RuntimeError`` if the manager is not running. Checkpoint. Not cancel-safe in a
-        useful sense: cancelled before the registration, nothing is registered (a started loop
-        ends at once)."""
+        and ``RuntimeError`` if the manager is not running. Checkpoint. Cancelled before the
+        registration, nothing is registered (the started loop ends)."""
+        if self.at_capacity():
+            return False
         manager = self._manager
         task_group: anyio.abc.TaskGroup | None = manager._task_group  # typed None in the SDK
         if task_group is None:
@@ -316,12 +319,21 @@ class SdkManager:
                 finally:
                     await manager._discard_session(session_id, transport)
 
-        await task_group.start(run_session)
-        running: object = manager._task_group
-        if running is not task_group:  # the manager stopped meanwhile
+        try:
+            await task_group.start(run_session)
+        except BaseException:
             with anyio.CancelScope(shield=True):
                 await transport.terminate()
-            raise RuntimeError("the SDK session manager stopped")
+            raise
+        running: object = manager._task_group
+        stopped = running is not task_group
+        if stopped or self.at_capacity() or session_id in manager._server_instances:
+            with anyio.CancelScope(shield=True):
+                await transport.terminate()  # its loop ends; nothing was registered
+            if stopped:
+                raise RuntimeError("the SDK session manager stopped")
+            return False
         manager._server_instances[session_id] = transport
         if owner is not None:
             manager._session_owners[session_id] = cast(Any, dict(owner))
+        return True
