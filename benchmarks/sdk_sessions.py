@@ -19,8 +19,9 @@ Three workloads, three goals (issue 12):
   (``--hibernate-after`` 2 s; measured once every session is hibernated), each opening
   ``--sessions`` sessions after a warm-up of 500; then ``adapter`` alone with ``--big``
   sessions, to show one SDK process holding them. Goal: adapter at least 10x smaller.
-- **wake**: ``tools/call`` latency on a hibernated session (restored on that request) and on a
-  live one, one request at a time over ``--wake`` sessions, for ``--rounds`` rounds.
+- **wake**: ``tools/call`` latency on a hibernated session (restored on that request), then
+  at once on the same session, live, one request at a time over ``--wake`` sessions, for
+  ``--rounds`` rounds (all sessions hibernated before each round).
   Goal: p50 hibernated at most 3x p50 live.
 - **throughput**: ``tools/call`` on live sessions, ``--connections`` concurrent clients with
   one session each, ``--duration`` seconds, ``--rounds`` rounds alternating the order of the
@@ -344,8 +345,11 @@ async def wake(args: argparse.Namespace, tmp: str) -> dict[str, Any]:
         async with _client(1) as http:
             for round_ in range(args.rounds):
                 await wait_hibernated(server, 120)
-                cold = [await _call_once(http, server.url, s, 10 + round_) for s in ids]
-                warm = [await _call_once(http, server.url, s, 100 + round_) for s in ids]
+                cold: list[float] = []
+                warm: list[float] = []
+                for session_id in ids:  # each hibernated session: restored, then live
+                    cold.append(await _call_once(http, server.url, session_id, 10 + round_))
+                    warm.append(await _call_once(http, server.url, session_id, 100 + round_))
                 hibernated += cold
                 live += warm
                 rounds.append(
