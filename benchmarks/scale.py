@@ -17,6 +17,7 @@ import trio
 
 from engine import EngineConfig, open_engine
 from engine._core import SessionTable
+from engine.storage import FORMAT_VERSION, StoredSession
 from engine.testing import MemoryStore
 
 from ._common import (
@@ -68,7 +69,8 @@ def _sweep(ids: list[str]) -> tuple[float, int, float]:
     n = len(ids)
     now = 1.7e9
     for i, sid in enumerate(ids):
-        table.load(sid, DEFAULT_PAYLOAD, now, now, now + TTL * (i + 1) / n, now)
+        expires = now + TTL * (i + 1) / n
+        table.load(StoredSession(FORMAT_VERSION, sid, now, now, expires, DEFAULT_PAYLOAD), now)
     due = max(1, min(n // 100, 10_000))
     at = now + TTL * due / n + 1e-3
     t0 = time.perf_counter()

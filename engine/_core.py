@@ -3,7 +3,7 @@
 Rule of this module: every state transition of the engine happens here, in plain synchronous
 code. Nothing here awaits, does I/O (beyond logging) or reads a clock; the caller passes ``now``
 (wall-clock seconds) into every call. Because nothing awaits, no two transitions can interleave,
-so the table needs no locks: the trio actor in ``_engine.py`` is its only caller.
+so the table needs no locks: the trio actor (``_engine.py``) is its only caller.
 
 Storage effects are not performed here: each transition that must reach storage records the
 latest operation for that id in :attr:`SessionTable.outbox` (an encoded :class:`Put`, or ``None``
@@ -18,19 +18,58 @@ import heapq
 import logging
 from collections.abc import Callable
 from itertools import islice
-from typing import Generic, TypeVar, final
+from typing import Final, Generic, Protocol, TypeVar, final
 
 import msgspec
 
-from .storage._protocol import Put
+from .storage import Put
 
-__all__ = ["Cause", "Entry", "SessionTable"]
+__all__ = [
+    "HEAP_COMPACT_FACTOR",
+    "HEAP_COMPACT_SLACK",
+    "Cause",
+    "Entry",
+    "SessionRecord",
+    "SessionState",
+    "SessionTable",
+]
 
 log = logging.getLogger("engine")
 
 P = TypeVar("P")
+P_co = TypeVar("P_co", covariant=True)
 
 Encoder = Callable[[str, "Entry[P]"], bytes]
+
+HEAP_COMPACT_FACTOR: Final = 2
+HEAP_COMPACT_SLACK: Final = 64
+"""The expiry heap is rebuilt from the live sessions when it holds more than
+``HEAP_COMPACT_FACTOR * sessions + HEAP_COMPACT_SLACK`` items (stale items of touched, deleted
+or expired sessions pile up otherwise); the slack keeps small tables from rebuilding often."""
+
+
+class SessionState(Protocol[P_co]):
+    """A session's payload and timestamps (wall-clock seconds): what a record holds besides the
+    id. An :class:`Entry` is one, and so is a :class:`~engine.storage.StoredSession`."""
+
+    @property
+    def payload(self) -> P_co: ...
+
+    @property
+    def created_at(self) -> float: ...
+
+    @property
+    def last_accessed_at(self) -> float: ...
+
+    @property
+    def expires(self) -> float: ...
+
+
+class SessionRecord(SessionState[P_co], Protocol[P_co]):
+    """A session read from storage, with its id (a :class:`~engine.storage.StoredSession`)."""
+
+    @property
+    def id(self) -> str: ...
 
 
 class Cause(enum.Enum):
@@ -119,7 +158,7 @@ class SessionTable(Generic[P]):
         self.applied += 1
         if self._live(session_id, now) is None:
             self._make_room(now)
-        self._insert(session_id, payload, now, now, now + self.ttl, now)
+        self._insert(session_id, Entry(payload, now, now, now + self.ttl, now))
         self._persist(session_id, Cause.CREATE, now)
 
     def get(self, session_id: str, now: float) -> P | None:
@@ -157,21 +196,17 @@ class SessionTable(Generic[P]):
 
     # -- loading ------------------------------------------------------------------------------
 
-    def load(
-        self,
-        session_id: str,
-        payload: P,
-        created_at: float,
-        last_accessed_at: float,
-        expires: float,
-        now: float,
-    ) -> bool:
+    def load(self, record: SessionRecord[P], now: float) -> bool:
         """Insert a session read from storage (clean: nothing to write). Its trigger clock starts
         now. Returns False, inserting nothing, if it has expired or the id is already live."""
-        if expires <= now or session_id in self.sessions:
+        session_id = record.id
+        if record.expires <= now or session_id in self.sessions:
             return False
         self._make_room(now)
-        self._insert(session_id, payload, created_at, last_accessed_at, expires, now)
+        entry = Entry(
+            record.payload, record.created_at, record.last_accessed_at, record.expires, now
+        )
+        self._insert(session_id, entry)
         return True
 
     # -- background work ----------------------------------------------------------------------
@@ -223,18 +258,10 @@ class SessionTable(Generic[P]):
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _insert(
-        self,
-        session_id: str,
-        payload: P,
-        created_at: float,
-        last_accessed_at: float,
-        expires: float,
-        now: float,
-    ) -> None:
-        self.sessions[session_id] = Entry(payload, created_at, last_accessed_at, expires, now)
-        heapq.heappush(self._heap, (expires, session_id))
-        if len(self._heap) > 2 * len(self.sessions) + 64:
+    def _insert(self, session_id: str, entry: Entry[P]) -> None:
+        self.sessions[session_id] = entry
+        heapq.heappush(self._heap, (entry.expires, session_id))
+        if len(self._heap) > HEAP_COMPACT_FACTOR * len(self.sessions) + HEAP_COMPACT_SLACK:
             self._compact_heap()
 
     def _compact_heap(self) -> None:

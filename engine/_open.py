@@ -1,6 +1,6 @@
 """The public entry point: :func:`open_engine` picks the payload type and the store from the
-configuration and hands them to the actor shell (``_engine.run_engine``), which knows neither the
-MCP payload nor any concrete store."""
+configuration and hands them to the shell's lifecycle (``_lifecycle.run_engine``), which knows
+neither the MCP payload nor any concrete store."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from ._config import EngineConfig
-from ._engine import Engine, run_engine
+from ._engine import Engine
+from ._lifecycle import run_engine
 from .storage import DirectoryStore, Store
 
 if TYPE_CHECKING:
-    from .mcp._payload import ConnectionConfig
+    from .mcp import ConnectionConfig
 
 __all__ = ["open_engine"]
 
@@ -61,7 +62,7 @@ def open_engine(
     most ``config.close_timeout`` seconds), then releases storage.
     """
     if payload_type is None:  # the MCP payload, imported here: mcp is built on this module
-        from .mcp._payload import ConnectionConfig
+        from .mcp import ConnectionConfig
 
         payload_type = ConnectionConfig
     if store is None and config.storage_dir is not None:
