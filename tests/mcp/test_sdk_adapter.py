@@ -96,17 +96,21 @@ async def wait_until_hibernated(sessions: SdkSessions, count: int) -> None:
 async def test_a_restore_respects_the_sdk_max_sessions(tmp_path: Path) -> None:
     engine = EngineConfig(storage_dir=tmp_path / "sessions")
     async with (
-        serving(engine, hibernate_after=0.2, max_sessions=1) as (url, sessions),
+        serving(engine, hibernate_after=0.3, max_sessions=1) as (url, sessions),
         httpx2.AsyncClient() as http,
     ):
         first = await raw_initialize(http, url)
         await wait_until_hibernated(sessions, 1)
         second = await raw_initialize(http, url)  # takes the only place in the SDK
-        response = await raw_call(http, url, first, "add", {"a": 1, "b": 2})
-        assert response.status_code == 503, response.text
-        assert sessions.statistics().refused == 1
-        response = await raw_call(http, url, second, "add", {"a": 1, "b": 2})
-        assert sse_result(response)["structuredContent"] == {"result": 3}
+        async with trio.open_nursery() as nursery:
+            # A request in flight keeps the second session live (not hibernated) meanwhile.
+            nursery.start_soon(
+                partial(raw_call, http, url, second, "wait", {"seconds": 1.0}, request_id=8)
+            )
+            await trio.sleep(0.2)
+            response = await raw_call(http, url, first, "add", {"a": 1, "b": 2})
+            assert response.status_code == 503, response.text
+            assert sessions.statistics().refused == 1
         await wait_until_hibernated(sessions, 2)  # the place frees up
         response = await raw_call(http, url, first, "add", {"a": 2, "b": 3})
         assert sse_result(response)["structuredContent"] == {"result": 5}
@@ -156,13 +160,13 @@ async def test_concurrent_requests_on_a_hibernated_session_restore_it_once(
 async def test_a_session_with_a_request_in_flight_is_not_hibernated(tmp_path: Path) -> None:
     engine = EngineConfig(storage_dir=tmp_path / "sessions")
     async with (
-        serving(engine, hibernate_after=0.1) as (url, sessions),
+        serving(engine, hibernate_after=1.0) as (url, sessions),
         httpx2.AsyncClient() as http,
     ):
         session_id = await raw_initialize(http, url)
-        response = await raw_call(http, url, session_id, "wait", {"seconds": 0.6})
+        response = await raw_call(http, url, session_id, "wait", {"seconds": 2.5})
         assert response.status_code == 200
-        assert sse_result(response)["content"][0]["text"] == "waited 0.6 s"
+        assert sse_result(response)["content"][0]["text"] == "waited 2.5 s"
         stats = sessions.statistics()
         assert stats.restored == 0, stats  # it was live all along
 
