@@ -13,7 +13,7 @@ import contextlib
 import logging
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Final
@@ -64,42 +64,57 @@ class _CliError(Exception):
 # -- serve ------------------------------------------------------------------------------------
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from .mcp import serve
-
+def _server_config(args: argparse.Namespace) -> ServerConfig:
+    """The settings of ``serve`` and ``sdk-example``: flags, else environment, else TOML."""
     flags = {
         setting.name: getattr(args, setting.name)
         for setting in settings()
         if getattr(args, setting.name) is not None
     }
-    try:
-        config = load_server_config(config_file=args.config, flags=flags)
-    except ConfigError as exc:
-        print(f"engine serve: invalid configuration: {exc}", file=sys.stderr)
-        return EXIT_BAD_CONFIG
+    return load_server_config(config_file=args.config, flags=flags)
+
+
+def _run_server(
+    command: str, args: argparse.Namespace, config: ServerConfig, run: Callable[[], Awaitable[None]]
+) -> int:
+    """Run a server until it stops, logging at ``--log-level``; map its failures to exit
+    codes."""
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     try:
-        trio.run(partial(serve, config, announce=sys.stdout))
+        trio.run(run)
     except Exception as exc:  # nurseries wrap errors in groups: look at the one inside
         error = _single(exc)
         if isinstance(error, ConfigError):  # a bound the system cannot give (open files)
-            print(f"engine serve: invalid configuration: {error}", file=sys.stderr)
+            print(f"engine {command}: invalid configuration: {error}", file=sys.stderr)
             return EXIT_BAD_CONFIG
         if isinstance(error, StorageLockedError):
-            print(f"engine serve: {error}; stop it first", file=sys.stderr)
+            print(f"engine {command}: {error}; stop it first", file=sys.stderr)
             return EXIT_LOCKED
         if isinstance(error, StorageError):
-            print(f"engine serve: {error}", file=sys.stderr)
+            print(f"engine {command}: {error}", file=sys.stderr)
             return EXIT_ERROR
         if isinstance(error, OSError):  # the port is taken, or the address is not ours
-            print(f"engine serve: cannot listen on {_address(config)}: {error}", file=sys.stderr)
+            print(
+                f"engine {command}: cannot listen on {_address(config)}: {error}", file=sys.stderr
+            )
             return EXIT_ERROR
         raise
     return EXIT_OK
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .mcp import serve
+
+    try:
+        config = _server_config(args)
+    except ConfigError as exc:
+        print(f"engine serve: invalid configuration: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    return _run_server("serve", args, config, partial(serve, config, announce=sys.stdout))
 
 
 def _count(n: int, noun: str) -> str:
@@ -114,45 +129,20 @@ def _sdk_example(args: argparse.Namespace) -> int:
     except ImportError as exc:  # the SDK is an extra: pip install 'engine[sdk]'
         print(f"engine sdk-example: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    flags = {
-        setting.name: getattr(args, setting.name)
-        for setting in settings()
-        if getattr(args, setting.name) is not None
-    }
     try:
-        config = load_server_config(config_file=args.config, flags=flags)
+        config = _server_config(args)
         tokens = dict(_token(text) for text in args.token)
     except (ConfigError, SdkVersionError) as exc:
         print(f"engine sdk-example: invalid configuration: {exc}", file=sys.stderr)
         return EXIT_BAD_CONFIG
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+    run = partial(
+        serve_example,
+        config,
+        hibernate_after=args.hibernate_after,
+        tokens=tokens,
+        announce=sys.stdout,
     )
-    try:
-        trio.run(
-            partial(
-                serve_example,
-                config,
-                hibernate_after=args.hibernate_after,
-                tokens=tokens,
-                announce=sys.stdout,
-            )
-        )
-    except Exception as exc:  # nurseries wrap errors in groups: look at the one inside
-        error = _single(exc)
-        if isinstance(error, StorageLockedError):
-            print(f"engine sdk-example: {error}; stop it first", file=sys.stderr)
-            return EXIT_LOCKED
-        if isinstance(error, OSError):  # the port is taken, or the address is not ours
-            print(
-                f"engine sdk-example: cannot listen on {_address(config)}: {error}",
-                file=sys.stderr,
-            )
-            return EXIT_ERROR
-        raise
-    return EXIT_OK
+    return _run_server("sdk-example", args, config, run)
 
 
 def _token(text: str) -> tuple[str, str]:
@@ -487,6 +477,19 @@ def _purge(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_server_settings(parser: argparse.ArgumentParser) -> None:
+    """``--config`` and one flag per server and engine setting, each showing its default."""
+    parser.add_argument("--config", type=Path, default=None, help="TOML file (default: none)")
+    for setting in settings():
+        parser.add_argument(
+            setting.flag,
+            dest=setting.name,
+            default=None,
+            metavar="VALUE",
+            help=f"{setting.help} (default: {setting.default_text})",
+        )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m engine",
@@ -504,15 +507,7 @@ def _parser() -> argparse.ArgumentParser:
         "file (--config or ENGINE_CONFIG: [server] and [engine] tables), else defaults. "
         "SIGINT/SIGTERM: graceful shutdown with a final flush.",
     )
-    serve.add_argument("--config", type=Path, default=None, help="TOML file (default: none)")
-    for setting in settings():
-        serve.add_argument(
-            setting.flag,
-            dest=setting.name,
-            default=None,
-            metavar="VALUE",
-            help=f"{setting.help} (default: {setting.default_text})",
-        )
+    _add_server_settings(serve)
     serve.add_argument(
         "--log-level",
         default="info",
@@ -527,15 +522,7 @@ def _parser() -> argparse.ArgumentParser:
         "by engine.mcp.sdk.SdkSessions, on hypercorn's trio worker in one process. Settings as "
         "for serve; GET /healthz shows the adapter's counters. See docs/sdk.md.",
     )
-    example.add_argument("--config", type=Path, default=None, help="TOML file (default: none)")
-    for setting in settings():
-        example.add_argument(
-            setting.flag,
-            dest=setting.name,
-            default=None,
-            metavar="VALUE",
-            help=f"{setting.help} (default: {setting.default_text})",
-        )
+    _add_server_settings(example)
     example.add_argument(
         "--hibernate-after",
         type=float,

@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ... import EngineConfig
-from .._http import hypercorn_config
+from .._http import hypercorn_config, wait_for_signal
 from ._adapter import SdkSessions
 
 if TYPE_CHECKING:
@@ -160,18 +160,7 @@ async def serve_example(
                     await trio.sleep(0.05)
 
             async def wait_for_shutdown() -> None:
-                async with trio.open_nursery() as waiting:
-
-                    async def on_signal() -> None:
-                        async for signum in signals:
-                            log.info("%s: shutting down", signal.Signals(signum).name)
-                            break
-                        waiting.cancel_scope.cancel()
-
-                    waiting.start_soon(on_signal)
-                    if shutdown_trigger is not None:
-                        await shutdown_trigger()
-                        waiting.cancel_scope.cancel()
+                await wait_for_signal(signals, shutdown_trigger)
                 nursery.start_soon(keep_closing_streams)
 
             async def run_server(*, task_status: trio.TaskStatus[list[str]]) -> None:
