@@ -624,8 +624,8 @@ class JournalStore:
         """Start a compaction in its own thread if one is due. Called with the mutex held."""
         running = self._compaction
         if running is not None:
-            if running.thread is not None and running.thread.is_alive():
-                return
+            if running.thread is None or running.thread.is_alive():
+                return  # one in its thread, or one compact() runs
             self._compaction = None
         if self._closing or not self._compaction_due():
             return
@@ -727,20 +727,34 @@ class JournalStore:
 
     async def compact(self) -> CompactionResult | None:
         """Compact now, whatever the ratio, and return what was done (``None`` if the journal
-        holds nothing to compact). Waits for a compaction already running first. Runs in a
-        worker thread; a checkpoint, not cancellable once started. Raises ``OSError`` on a
-        fault (nothing is lost: the journal stays as it was)."""
+        holds nothing to compact). Waits for a background compaction already running first;
+        none starts while this one runs. Runs in a worker thread; a checkpoint, not cancellable
+        once started. Raises ``OSError`` on a fault (nothing is lost: the journal stays as it
+        was), ``RuntimeError`` if called while another ``compact()`` runs."""
         running = self._compaction
         if running is not None and running.thread is not None:
             await trio.to_thread.run_sync(running.thread.join)
 
         def run() -> CompactionResult | None:
-            with self._mutex:
-                self._check_folder()
-                compaction = self._plan_compaction()
-            if compaction is None:
-                return None
-            result = self._compact(compaction)
+            while True:
+                with self._mutex:
+                    self._check_folder()
+                    running = self._compaction
+                    if running is not None and running.thread is None:
+                        raise RuntimeError("compact() is already running")
+                    if running is None or running.thread is None or not running.thread.is_alive():
+                        compaction = self._plan_compaction()
+                        if compaction is None:
+                            return None
+                        self._compaction = compaction  # no thread: writes start none meanwhile
+                        break
+                running.thread.join()  # one a write started since (its commit takes the mutex)
+            try:
+                result = self._compact(compaction)
+            finally:
+                with self._mutex:
+                    if self._compaction is compaction:
+                        self._compaction = None
             self._compaction_done(result)
             return result
 
