@@ -412,3 +412,32 @@ def test_bad_settings_are_rejected(tmp_path: Path) -> None:
         JournalStore(tmp_path, compact_ratio=0)
     with pytest.raises(ValueError, match="compact_min_records"):
         JournalStore(tmp_path, compact_min_records=0)
+
+
+async def test_compact_now_waits_for_a_background_compaction(tmp_path: Path) -> None:
+    folder = tmp_path / "j"
+    fs = CountingFs()
+    store = JournalStore(folder, fs=fs, compact_min_records=5)
+    async with open_engine(config(), store=store) as e:
+        fs.hold_compaction.set()
+        for payload in (P1, P1, P2):
+            for i in range(10):
+                await e.create(f"s{i}", payload)
+        assert await trio.to_thread.run_sync(fs.holding.wait, 10)  # the background one
+        fs.hold_compaction.clear()
+        results: list[object] = []
+
+        async def compact_now() -> None:
+            results.append(await store.compact())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(compact_now)
+            await trio.sleep(0.05)
+            assert results == []  # waiting for the held one
+            fs.release.set()
+        assert store.stats.compactions == 2
+        await e.create("after", P1)
+    async with open_engine(config(), store=JournalStore(folder)) as e:
+        for i in range(10):
+            assert await e.get(f"s{i}") == P2
+        assert await e.get("after") == P1
