@@ -25,6 +25,7 @@ import trio
 
 from ._errors import EngineClosedError, InvalidSessionIdError, StorageError
 from ._ids import validate_session_id
+from .storage import Principal
 
 __all__ = [
     "ABANDONED",
@@ -115,16 +116,23 @@ DONE: Final = CallState.DONE
 class Call:
     """One request in flight: what to do, and whom to wake with the answer."""
 
-    __slots__ = ("arg", "kind", "outcome", "result", "session_id", "state", "task")
+    __slots__ = ("arg", "kind", "outcome", "owner", "result", "session_id", "state", "task")
 
     def __init__(
-        self, kind: CallKind, session_id: str, arg: object, task: trio.lowlevel.Task
+        self,
+        kind: CallKind,
+        session_id: str,
+        arg: object,
+        task: trio.lowlevel.Task,
+        owner: Principal | None = None,
     ) -> None:
         self.kind = kind
         self.session_id = session_id
         """The session the call is about (``""`` for kinds that name none)."""
         self.arg = arg
         """The call's argument (the payload of a create), never overwritten."""
+        self.owner = owner
+        """The caller's principal, for kinds that name a session (``None``: no owner)."""
         self.task = task
         """The caller's task, rescheduled with the answer."""
         self.state = SENDING
@@ -166,9 +174,14 @@ class Call:
 
 
 async def request(
-    send: trio.MemorySendChannel[Call], kind: CallKind, session_id: str, arg: object = None
+    send: trio.MemorySendChannel[Call],
+    kind: CallKind,
+    session_id: str,
+    arg: object = None,
+    owner: Principal | None = None,
 ) -> object:
-    """Send one call to the actor and wait for its answer: the request path.
+    """Send one call to the actor and wait for its answer: the request path. *owner* is the
+    caller's principal (kinds that name a session).
 
     Validates *session_id* first for kinds that name a session. A checkpoint, also when it
     raises. Cancelled before the actor applied the call, the call has no effect. Raises
@@ -177,7 +190,7 @@ async def request(
     try:
         if kind.names_session:
             validate_session_id(session_id)
-        call = Call(kind, session_id, arg, trio.lowlevel.current_task())
+        call = Call(kind, session_id, arg, trio.lowlevel.current_task(), owner)
         try:
             send.send_nowait(call)
         except trio.WouldBlock:

@@ -154,6 +154,16 @@ class EngineConfig:
     """Bound on live sessions. At the bound, a create evicts the least recently accessed session
     (deleted from memory and storage, counted as evicted). ``None``: no bound."""
 
+    max_sessions_per_owner: int | None = attrs.field(
+        default=None,
+        validator=optional(integer(1)),
+        metadata={HELP: "bound on one owner's live sessions ('none': no bound)"},
+    )
+    """Bound on the live sessions of one owner (a :class:`~engine.Principal`). At the bound,
+    the owner's next create of a new id is refused with :class:`~engine.OwnerLimitError`
+    (nothing is evicted); sessions without an owner are not counted. Lowering it never removes
+    sessions: creates are refused until the owner is under it. ``None``: no bound."""
+
     queue_size: int = attrs.field(
         default=1024,
         validator=integer(1),
