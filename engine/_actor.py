@@ -409,7 +409,7 @@ class Actor(Generic[P]):
             self.core.load(record, now)
         resident = error is None
         for call in calls:
-            resident = resident or not call.kind.reads_session  # a create needs no load
+            resident = resident or not call.kind.reads_session
             if resident:
                 self._apply(call, now, resident=True)
             else:

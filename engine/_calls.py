@@ -52,8 +52,10 @@ class CallKind(enum.Enum):
     """What a call asks of the actor. The attributes say how the shell treats each kind; no code
     depends on the order of the kinds."""
 
-    CREATE = ("create", True, False)
-    """Create or replace a session; answered when its write is durable."""
+    CREATE = ("create", True, True)
+    """Create a session, or replace a live one of the same owner; answered when its write is
+    durable. It reads the session it would replace: on a store that loads on a miss the id is
+    loaded first, so a create never replaces a stored session of another owner."""
     GET = ("get", True, True)
     """A live session's payload."""
     TOUCH = ("touch", True, True)
@@ -77,8 +79,9 @@ class CallKind(enum.Enum):
         """The call names a session: its id is validated before it is sent, and on a store that
         loads on a miss it queues behind a load of that id in progress (per-id order)."""
         self.reads_session = reads_session
-        """The call's answer depends on the session's current state: on a store that loads on a
-        miss, an id not in memory is loaded first (a create replaces it, so it needs no load)."""
+        """The call's answer depends on the session's current state (for a create: its owner):
+        on a store that loads on a miss, an id not in memory is loaded first, and a failed load
+        fails the call."""
 
 
 class CallState(enum.Enum):
