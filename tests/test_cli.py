@@ -449,7 +449,8 @@ def test_inspect_and_stats_by_owner(owned: Path, capsys: pytest.CaptureFixture[s
     counts = json.loads(capsys.readouterr().out)
     assert (counts["owners"], counts["live_without_owner"]) == (3, 1)
     first = counts["by_owner"][0]
-    assert (first["live"], first["owner"]["sub"], first["owner"]["client_id"]) == (2, "alice", "app")
+    owner = first["owner"]
+    assert (first["live"], owner["sub"], owner["client_id"]) == (2, "alice", "app")
     assert sorted(row["live"] for row in counts["by_owner"]) == [1, 1, 2]
     assert main(["stats", str(owned), "--by-owner"]) == 0
     out = capsys.readouterr().out
