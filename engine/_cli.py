@@ -1,7 +1,8 @@
 """Command line: ``python -m engine <command>``.
 
 ``serve`` runs the reference MCP server; ``inspect``, ``stats`` and ``purge`` work on a storage
-folder; ``demo`` shows sessions surviving a restart. Exit codes: 0 success, 1 error,
+folder; ``token`` makes test credentials for the server's authentication; ``demo`` shows
+sessions surviving a restart. Exit codes: 0 success, 1 error,
 2 usage, 3 missing folder, 4 folder held by a running engine, 5 not a session store,
 6 invalid configuration.
 """
@@ -24,6 +25,7 @@ import trio
 
 from ._demo import DEFAULT_DEMO_DIR, run_demo
 from ._errors import ConfigError, StorageError, StorageLockedError
+from ._token import DEFAULT_AUDIENCE, DEFAULT_ISSUER, DEFAULT_TOKEN_DIR, run_token
 from .mcp import ConnectionConfig, ServerConfig, load_server_config, settings, summarize
 from .storage import (
     DirectoryStore,
@@ -597,6 +599,27 @@ def _revoke(path: Path, survey: _Survey, owners: _OwnerFilter, *, dry_run: bool)
     return EXIT_ERROR if failed else EXIT_OK
 
 
+def _token(args: argparse.Namespace) -> int:
+    try:
+        run_token(
+            args.dir,
+            subject=args.subject,
+            client_id=args.client_id or None,
+            issuer=args.issuer,
+            audience=args.audience,
+            scopes=args.scope,
+            lifetime=args.lifetime,
+            static=args.static,
+        )
+    except ImportError as exc:
+        raise _CliError(
+            EXIT_ERROR, f"needs PyJWT[crypto] ({exc.name}): pip install 'engine[auth]'"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise _CliError(EXIT_ERROR, str(exc)) from None
+    return EXIT_OK
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m engine",
@@ -660,6 +683,30 @@ def _parser() -> argparse.ArgumentParser:
                 "--dry-run", action="store_true", help="list what would go; change nothing"
             )
 
+    token = commands.add_parser(
+        "token",
+        help="make a test key pair and a bearer token, to try authentication locally",
+        description="Print a bearer token on stdout (TOKEN=$(python -m engine token)) and the "
+        "serve command that accepts it on stderr. The test key pair (private.pem, jwks.json) "
+        "is kept in --dir and made on first use; --static makes an opaque token and adds its "
+        "sha256 to tokens.toml there instead. Test credentials for one machine: a deployment "
+        "takes its tokens from an authorization server.",
+    )
+    token.add_argument(
+        "--dir", type=Path, default=DEFAULT_TOKEN_DIR, help=f"folder (./{DEFAULT_TOKEN_DIR})"
+    )
+    token.add_argument("--subject", default="alice", help="the token's sub (alice)")
+    token.add_argument("--client-id", default="engine-cli", help="its client_id (engine-cli)")
+    token.add_argument("--issuer", default=DEFAULT_ISSUER, help=f"its iss ({DEFAULT_ISSUER})")
+    token.add_argument("--audience", default=DEFAULT_AUDIENCE, help=f"its aud ({DEFAULT_AUDIENCE})")
+    token.add_argument(
+        "--scope", action="append", default=[], help="a scope it carries (repeatable)"
+    )
+    token.add_argument("--lifetime", type=float, default=3600.0, help="seconds it is valid (3600)")
+    token.add_argument(
+        "--static", action="store_true", help="an opaque token listed in tokens.toml"
+    )
+
     demo = commands.add_parser(
         "demo",
         help="create, get, touch, restart and get again, printing each step",
@@ -690,6 +737,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _stats(args)
             if args.command == "purge":
                 return _purge(args)
+            if args.command == "token":
+                return _token(args)
             trio.run(run_demo, args.dir.resolve())
     except Exception as exc:  # nurseries wrap errors in groups: look at the one inside
         error = _single(exc)

@@ -255,6 +255,8 @@ def _load_static(path: Path) -> dict[str, Identity]:
 
 
 def _quoted(text: str) -> str:
+    """*text* for a quoted-string of a header: printable ASCII only, quotes escaped."""
+    text = "".join(c if " " <= c <= "~" else "?" for c in text[:200])
     return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
