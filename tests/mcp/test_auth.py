@@ -368,7 +368,8 @@ async def test_a_pem_public_key_verifies_tokens(tmp_path: Path, keys: Keys) -> N
     async with app_client(tmp_path, auth_jwt_keys=pem, auth_issuer=ISSUER) as (client, _):
         token = keys.token(key=key, algorithm="PS256", kid=False)
         sid = await initialize(client, bearer(token))
-        assert await ping(client, sid, bearer(keys.token(key=key, algorithm="RS256", kid=False))) == 200
+        rs256 = keys.token(key=key, algorithm="RS256", kid=False)
+        assert await ping(client, sid, bearer(rs256)) == 200
         assert await ping(client, sid, bearer(keys.token())) == 401  # the EC key is not trusted
 
 
