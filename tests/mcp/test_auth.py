@@ -11,6 +11,8 @@ import base64
 import contextlib
 import hashlib
 import hmac
+import importlib
+import importlib.metadata
 import json
 import signal
 import socket
@@ -39,6 +41,7 @@ from .support import (
 )
 
 RPC = {**HEADERS, "mcp-protocol-version": PROTOCOL}
+MCP_MAJOR = int(importlib.metadata.version("mcp").split(".")[0])
 
 
 @pytest.fixture
@@ -431,50 +434,78 @@ def test_ownership_holds_across_sigterm_and_sigkill_restarts(
 def test_official_mcp_client_with_a_bearer_token_keeps_its_session(
     tmp_path: Path, keys: Keys
 ) -> None:
-    """The official ``mcp`` client (the version the test extra installs) with a bearer token:
-    its session survives a SIGTERM and a SIGKILL restart, and the same session id with another
-    principal's token gets 404."""
+    """The official ``mcp`` client (whichever major the test extra installs: 1.x
+    ``ClientSession``, or 2.x ``Client`` in legacy mode) with a bearer token: its session
+    survives a SIGTERM and a SIGKILL restart, and meanwhile the same session id with another
+    principal's token gets 404. Leaving the client ends the session (DELETE with the owner's
+    token)."""
     server = _auth_server(tmp_path, keys)
     server.start()
     try:
-        sid = trio.run(_mcp_client_session, server, keys.token())
-        with httpx.Client(timeout=10) as client:
-            body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
-            for who, token in (("bob", keys.token("bob")), ("alice", keys.token())):
-                r = client.post(
-                    server.url, json=body, headers={**RPC, "mcp-session-id": sid, **bearer(token)}
-                )
-                assert r.status_code == (404 if who == "bob" else 200), who
+        sid = trio.run(_mcp_client_session, server, keys)
+        assert not session_file(server.storage_dir, sid).exists()  # its owner's DELETE worked
     finally:
         code, _, err = server.stop()
     assert code == 0, err
 
 
-async def _mcp_client_session(server: ServerProcess, token: str) -> str:
-    """Connect the official client with *token*, call a tool across two restarts, and leave
-    without ending the session; return its id."""
-    import mcp
+async def _mcp_client_session(server: ServerProcess, keys: Keys) -> str:
+    """Connect the official client with Alice's token, call a tool across two restarts, and
+    check Bob's token against the same id in between; return the session id."""
     from mcp.client.streamable_http import streamable_http_client
 
-    async with (
-        httpx.AsyncClient(headers=bearer(token), timeout=30) as http,
-        streamable_http_client(server.url, http_client=http, terminate_on_close=False) as (
-            read,
-            write,
-            get_id,
-        ),
-        mcp.ClientSession(read, write) as client,
-    ):
-        await client.initialize()
-        counted = await client.call_tool("count", {"by": 2})
-        assert counted.structuredContent == {"count": 2}
-        session_id = get_id()
+    sent: list[str | None] = []
+
+    async def record(request: Any) -> None:
+        if request.method == "POST":
+            sent.append(request.headers.get("mcp-session-id"))
+
+    async def bob_gets_404() -> None:
+        async with httpx.AsyncClient(timeout=10) as raw:
+            body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+            headers = {**RPC, "mcp-session-id": str(sent[-1]), **bearer(keys.token("bob"))}
+            assert (await raw.post(server.url, json=body, headers=headers)).status_code == 404
+
+    options: dict[str, Any] = {
+        "headers": bearer(keys.token()),
+        "timeout": 30,
+        "event_hooks": {"request": [record]},
+    }
+    async with contextlib.AsyncExitStack() as stack:
+        if MCP_MAJOR >= 2:
+            httpx2 = importlib.import_module("httpx2")
+            http = await stack.enter_async_context(httpx2.AsyncClient(**options))
+            client_class: Any = importlib.import_module("mcp").Client
+            client = await stack.enter_async_context(
+                client_class(streamable_http_client(server.url, http_client=http), mode="legacy")
+            )
+
+            async def count(args: dict[str, int] | None = None) -> Any:
+                return (await client.call_tool("count", args)).structured_content
+
+        else:
+            import mcp
+
+            http = await stack.enter_async_context(httpx.AsyncClient(**options))
+            read, write, _ = await stack.enter_async_context(
+                streamable_http_client(server.url, http_client=http)
+            )
+            session = await stack.enter_async_context(mcp.ClientSession(read, write))
+            await session.initialize()
+
+            async def count(args: dict[str, int] | None = None) -> Any:
+                return (await session.call_tool("count", args)).structuredContent
+
+        assert await count({"by": 2}) == {"count": 2}
+        session_id = sent[-1]
         assert session_id is not None
+        await bob_gets_404()
         for sig in (signal.SIGTERM, signal.SIGKILL):
             await trio.to_thread.run_sync(server.restart, sig)
-            counted = await client.call_tool("count")
-            assert get_id() == session_id
-        assert counted.structuredContent == {"count": 4}  # the same session all along
+            await bob_gets_404()
+            await count()
+        assert await count() == {"count": 5}  # the same session all along
+        assert sent[0] is None and set(sent[1:]) == {session_id}
     return session_id
 
 
