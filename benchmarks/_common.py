@@ -92,9 +92,23 @@ def session_ids(n: int) -> list[str]:
     return [new_session_id() for _ in range(n)]
 
 
-def stored_records(ids: Sequence[str], now: float) -> list[StoredSession[ConnectionConfig]]:
-    """Decoded records, as a store's ``load_all`` would return them."""
-    return [StoredSession(1, sid, now, now, now + TTL, DEFAULT_PAYLOAD) for sid in ids]
+def stored_records(
+    ids: Sequence[str], now: float, owners: Mapping[str, Principal] | None = None
+) -> list[StoredSession[ConnectionConfig]]:
+    """Decoded records, as a store's ``load_all`` would return them; *owners* gives the owner
+    of each id (none by default)."""
+    return [
+        StoredSession(
+            FORMAT_VERSION,
+            sid,
+            now,
+            now,
+            now + TTL,
+            DEFAULT_PAYLOAD,
+            None if owners is None else owners[sid],
+        )
+        for sid in ids
+    ]
 
 
 def write_session_files(

@@ -16,11 +16,10 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import msgspec
 import trio
 import trio.testing
 
-from engine import ConnectionConfig, Engine, EngineConfig, Principal, open_engine
+from engine import EngineConfig, open_engine
 
 from ._common import (
     Goal,
@@ -54,8 +53,6 @@ CONTENDERS = (
     "nop actor (reschedule)",
     "nop actor (Event)",
     "engine",
-    "engine, owner=None",
-    "engine, owner=principal",
     "trio.Lock dict",
     "redis (coredis)",
     "diskcache",
@@ -101,12 +98,8 @@ async def _round(op: Op, ids_per_task: list[list[str]], duration: float) -> dict
     }
 
 
-OWNERS = 1000
-"""Principals owning the sessions of the owner-check row (100 sessions each at 100k)."""
-
-
 @contextlib.asynccontextmanager
-async def _open_engine(folder: Path) -> AsyncIterator[Engine[ConnectionConfig]]:
+async def _open_engine(folder: Path) -> AsyncIterator[Op]:
     config = EngineConfig(
         storage_dir=folder,
         flush_interval=FLUSH_INTERVAL,
@@ -114,20 +107,7 @@ async def _open_engine(folder: Path) -> AsyncIterator[Engine[ConnectionConfig]]:
         close_timeout=300,
     )
     async with open_engine(config) as engine:
-        yield engine
-
-
-def _with_owner(engine: Engine[ConnectionConfig], owners: dict[str, Principal | None]) -> Op:
-    """get_and_touch passing each id's owner, as a server does: both owner rows use this same
-    wrapper (one dictionary lookup more than the plain row), so their ratio is the owner
-    check alone. The principal passed is an equal copy, not the object the engine holds (a
-    server builds one per token)."""
-    get_and_touch = engine.get_and_touch
-
-    async def op(session_id: str) -> object:
-        return await get_and_touch(session_id, owner=owners[session_id])
-
-    return op
+        yield engine.get_and_touch
 
 
 async def _bench(
@@ -143,15 +123,6 @@ async def _bench(
     ids = session_ids(sessions)
     engine_dir = work / "engine"
     write_session_files(engine_dir, ids, time.time())
-    principals = [
-        Principal(issuer="https://idp.example", subject=f"user-{n}", client_id="app")
-        for n in range(OWNERS)
-    ]
-    owned = {sid: principals[n % OWNERS] for n, sid in enumerate(ids)}
-    write_session_files(work / "owned", ids, time.time(), owned)
-    callers: dict[str, Principal | None] = {
-        sid: msgspec.structs.replace(p) for sid, p in owned.items()
-    }
     rng = random.Random(1)
     results: dict[str, dict[int, dict[str, float]]] = {}
     async with contextlib.AsyncExitStack() as stack:
@@ -161,12 +132,7 @@ async def _bench(
             open_nop_actor("reschedule")
         )
         ops["nop actor (Event)"] = await stack.enter_async_context(open_nop_actor("event"))
-        plain = await stack.enter_async_context(_open_engine(engine_dir))
-        ops["engine"] = plain.get_and_touch
-        ops["engine, owner=None"] = _with_owner(plain, dict.fromkeys(ids))
-        ops["engine, owner=principal"] = _with_owner(
-            await stack.enter_async_context(_open_engine(work / "owned")), callers
-        )
+        ops["engine"] = await stack.enter_async_context(_open_engine(engine_dir))
         ops["trio.Lock dict"] = await stack.enter_async_context(
             open_locked_dict(work / "locked", ids, FLUSH_INTERVAL, FLUSH_INTERVAL)
         )
@@ -263,11 +229,6 @@ def run(quick: bool = False, work_dir: Path | None = None) -> WorkloadResult:
     )
     nop = results["nop actor (reschedule)"][at]["ops_per_s"]
     result.goals.append(Goal("engine / do-nothing actor at 100 tasks >= 0.8", e / nop, None))
-    owner_ratio = (
-        results["engine, owner=principal"][at]["ops_per_s"]
-        / results["engine, owner=None"][at]["ops_per_s"]
-    )
-    result.goals.append(Goal("engine with owners / without at 100 tasks >= 0.9", owner_ratio, None))
     redis = results.get("redis (coredis)")
     result.goals.append(
         Goal(
@@ -284,7 +245,7 @@ def run(quick: bool = False, work_dir: Path | None = None) -> WorkloadResult:
             None,
         )
     )
-    thresholds = ((0.45, False), (0.8, False), (0.9, False), (10.0, False), (1.0, True))
+    thresholds = ((0.45, False), (0.8, False), (10.0, False), (1.0, True))
     for goal, (threshold, strict) in zip(result.goals, thresholds, strict=True):
         if goal.value == goal.value:  # not NaN
             goal.met = goal.value > threshold if strict else goal.value >= threshold

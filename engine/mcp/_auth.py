@@ -9,7 +9,7 @@ Off unless configured. Two sources of identities, either or both:
   ``auth_leeway`` seconds of clock skew, ``iss`` equal to ``auth_issuer``, ``aud`` naming
   ``auth_audience`` (default: this server's resource URL). The principal is
   ``(iss, sub, client_id or azp)``, so a refreshed token of the same identity opens the same
-  sessions; the token itself is never stored.
+  sessions; the token itself is never stored (the cache below knows it by its SHA-256).
 - **Static tokens** (``auth_token_file``): a TOML file mapping the SHA-256 of each token to the
   principal it stands for (no token is kept in the file or in memory beyond the request).
 
@@ -19,8 +19,8 @@ was sent but is not valid), a valid token without the required scopes is 403 wit
 ``error="insufficient_scope"``, and the protected-resource metadata document is served at
 ``/.well-known/oauth-protected-resource`` (and ``.../mcp``, its path-specific form).
 
-Verified JWTs are cached (bounded, :data:`CACHE_SIZE`) until they expire, so a request pays one
-dictionary lookup, not a signature check.
+Verified JWTs are cached by their SHA-256 (bounded, :data:`CACHE_SIZE`) until they expire, so a
+request pays a hash and a dictionary lookup, not a signature check.
 """
 
 from __future__ import annotations
@@ -323,21 +323,22 @@ class Authenticator:
         return identity.principal
 
     def _identify(self, token: str) -> Identity:
+        digest = token_sha256(token)  # static tokens and the cache know tokens by this only
         if self._static:
-            found = self._static.get(token_sha256(token))
+            found = self._static.get(digest)
             if found is not None:
                 return found
         if not self._keys:
             raise AuthFailure(401, "invalid", "Unauthorized: unknown token", "invalid_token")
-        cached = self._cache.get(token)
+        cached = self._cache.get(digest)
         if cached is not None:
             if self._clock() < cached.expires + self.leeway:
-                self._cache.move_to_end(token)
+                self._cache.move_to_end(digest)
                 return cached
-            del self._cache[token]
+            del self._cache[digest]
             raise AuthFailure(401, "expired", "Unauthorized: the token expired", "invalid_token")
         identity = self._verify(token)
-        self._cache[token] = identity
+        self._cache[digest] = identity
         if len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
         return identity

@@ -179,7 +179,8 @@ def _printable(text: str) -> str:
 
 def _log_request(scope: HTTPScope, response: _Response | None, start: float) -> None:
     """The debug line of one request: HTTP method, path, JSON-RPC method, status (499: the
-    client went away), duration and a fingerprint of the session id, never the id."""
+    client went away), duration, a fingerprint of the session id (never the id) and of the
+    caller's principal (never the identity)."""
     session: bytes | None = None
     for name, value in scope["headers"]:
         if name == b"mcp-session-id":
@@ -188,8 +189,9 @@ def _log_request(scope: HTTPScope, response: _Response | None, start: float) -> 
         for name, value in response.headers:
             if name == b"mcp-session-id":  # a new session (initialize)
                 session = value
+    owner = response.owner if response is not None else None
     log.debug(
-        "%s %s%s -> %d in %.1f ms%s",
+        "%s %s%s -> %d in %.1f ms%s%s",
         _printable(scope["method"][:20]),
         _printable(scope["path"][:100]),
         f" {_printable(response.rpc_method[:60])}"
@@ -198,12 +200,13 @@ def _log_request(scope: HTTPScope, response: _Response | None, start: float) -> 
         499 if response is None else response.status,
         (trio.current_time() - start) * 1000,
         f" session {fingerprint(session)}" if session is not None else "",
+        f" owner {owner.fingerprint()}" if owner is not None else "",
     )
 
 
 @final
 class _Response:
-    __slots__ = ("body", "headers", "rpc_method", "status")
+    __slots__ = ("body", "headers", "owner", "rpc_method", "status")
 
     def __init__(
         self, status: int, body: bytes = b"", headers: list[tuple[bytes, bytes]] | None = None
@@ -213,6 +216,8 @@ class _Response:
         self.headers = headers if headers is not None else ([_JSON_TYPE] if body else [])
         self.rpc_method: str | None = None
         """The JSON-RPC method, once known (for the debug log line)."""
+        self.owner: Principal | None = None
+        """The caller's principal, once authenticated (for the debug log line)."""
 
 
 def _json_error(status: int, code: int, message: str, request_id: object = None) -> _Response:
@@ -391,14 +396,17 @@ class McpApp:
             except AuthFailure as failure:
                 return self._unauthorized(failure)
             if method == "POST":
-                return await self._post(scope, headers, receive, principal)
-            if method == "DELETE":
-                return await self._delete(headers, principal)
-            return _Response(
-                405,
-                b"this server offers no SSE stream; use POST (or DELETE to end a session)\n",
-                [(b"allow", b"POST, DELETE"), (b"content-type", b"text/plain")],
-            )
+                response = await self._post(scope, headers, receive, principal)
+            elif method == "DELETE":
+                response = await self._delete(headers, principal)
+            else:
+                response = _Response(
+                    405,
+                    b"this server offers no SSE stream; use POST (or DELETE to end a session)\n",
+                    [(b"allow", b"POST, DELETE"), (b"content-type", b"text/plain")],
+                )
+            response.owner = principal
+            return response
         if path == "/healthz" and method in ("GET", "HEAD"):
             body = _encoder.encode({"status": "ok", "sessions": self.live_sessions()})
             return _Response(200, body)
