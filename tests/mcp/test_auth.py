@@ -589,3 +589,25 @@ def _free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def test_the_debug_log_names_principals_by_fingerprint_only(tmp_path: Path, keys: Keys) -> None:
+    server = _auth_server(tmp_path, keys, "--log-level", "debug")
+    server.start()
+    try:
+        with httpx.Client(timeout=10) as client:
+            r = client.post(
+                server.url, json=initialize_body(), headers={**HEADERS, **bearer(keys.token())}
+            )
+            assert r.status_code == 200
+    finally:
+        code, _, err = server.stop()
+    assert code == 0, err
+    lines = [line for line in err.splitlines() if "POST /mcp initialize -> 200" in line]
+    authenticator = Authenticator(
+        ServerConfig(auth_jwt_keys=keys.jwks, auth_issuer=ISSUER, auth_resource=AUDIENCE)
+    )
+    principal = authenticator.authenticate(f"Bearer {keys.token()}".encode())
+    assert principal is not None
+    assert len(lines) == 1 and lines[0].endswith(f" owner {principal.fingerprint()}")
+    assert "alice" not in err and ISSUER not in err
