@@ -61,7 +61,7 @@ from .._open import open_engine
 from ..storage import Principal
 from ._auth import METADATA_PATHS, Authenticator, AuthFailure
 from ._config import ServerConfig
-from ._http import ensure_file_limit, serve_app
+from ._http import ensure_file_limit, serve_app, wait_for_signal
 from ._metrics import Metrics
 from ._protocol import (
     INVALID_PARAMS,
@@ -810,21 +810,7 @@ async def serve(
             auth=auth,
         )
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-
-            async def wait_for_shutdown() -> None:
-                async with trio.open_nursery() as nursery:
-
-                    async def on_signal() -> None:
-                        async for signum in signals:
-                            log.info("%s: shutting down", signal.Signals(signum).name)
-                            break
-                        nursery.cancel_scope.cancel()
-
-                    nursery.start_soon(on_signal)
-                    if shutdown_trigger is not None:
-                        await shutdown_trigger()
-                        nursery.cancel_scope.cancel()
-
+            wait_for_shutdown = partial(wait_for_signal, signals, shutdown_trigger)
             async with trio.open_nursery() as nursery:
                 binds: list[str] = await nursery.start(
                     partial(serve_app, metrics=metrics), app, config, wait_for_shutdown

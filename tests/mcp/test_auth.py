@@ -11,8 +11,6 @@ import base64
 import contextlib
 import hashlib
 import hmac
-import importlib
-import importlib.metadata
 import json
 import signal
 import socket
@@ -41,7 +39,6 @@ from .support import (
 )
 
 RPC = {**HEADERS, "mcp-protocol-version": PROTOCOL}
-MCP_MAJOR = int(importlib.metadata.version("mcp").split(".")[0])
 
 
 @pytest.fixture
@@ -434,8 +431,8 @@ def test_ownership_holds_across_sigterm_and_sigkill_restarts(
 def test_official_mcp_client_with_a_bearer_token_keeps_its_session(
     tmp_path: Path, keys: Keys
 ) -> None:
-    """The official ``mcp`` client (whichever major the test extra installs: 1.x
-    ``ClientSession``, or 2.x ``Client`` in legacy mode) with a bearer token: its session
+    """The official ``mcp`` client (the 2.x ``Client`` the test extra installs, in legacy
+    mode: the initialize handshake, where session ids live) with a bearer token: its session
     survives a SIGTERM and a SIGKILL restart, and meanwhile the same session id with another
     principal's token gets 404. Leaving the client ends the session (DELETE with the owner's
     token)."""
@@ -452,11 +449,13 @@ def test_official_mcp_client_with_a_bearer_token_keeps_its_session(
 async def _mcp_client_session(server: ServerProcess, keys: Keys) -> str:
     """Connect the official client with Alice's token, call a tool across two restarts, and
     check Bob's token against the same id in between; return the session id."""
+    import httpx2
+    from mcp import Client
     from mcp.client.streamable_http import streamable_http_client
 
     sent: list[str | None] = []
 
-    async def record(request: Any) -> None:
+    async def record(request: httpx2.Request) -> None:
         if request.method == "POST":
             sent.append(request.headers.get("mcp-session-id"))
 
@@ -466,35 +465,15 @@ async def _mcp_client_session(server: ServerProcess, keys: Keys) -> str:
             headers = {**RPC, "mcp-session-id": str(sent[-1]), **bearer(keys.token("bob"))}
             assert (await raw.post(server.url, json=body, headers=headers)).status_code == 404
 
-    options: dict[str, Any] = {
-        "headers": bearer(keys.token()),
-        "timeout": 30,
-        "event_hooks": {"request": [record]},
-    }
-    async with contextlib.AsyncExitStack() as stack:
-        if MCP_MAJOR >= 2:
-            httpx2 = importlib.import_module("httpx2")
-            http = await stack.enter_async_context(httpx2.AsyncClient(**options))
-            client_class: Any = importlib.import_module("mcp").Client
-            client = await stack.enter_async_context(
-                client_class(streamable_http_client(server.url, http_client=http), mode="legacy")
-            )
+    async with (
+        httpx2.AsyncClient(
+            headers=bearer(keys.token()), timeout=30, event_hooks={"request": [record]}
+        ) as http,
+        Client(streamable_http_client(server.url, http_client=http), mode="legacy") as client,
+    ):
 
-            async def count(args: dict[str, int] | None = None) -> Any:
-                return (await client.call_tool("count", args)).structured_content
-
-        else:
-            import mcp
-
-            http = await stack.enter_async_context(httpx.AsyncClient(**options))
-            read, write, _ = await stack.enter_async_context(
-                streamable_http_client(server.url, http_client=http)
-            )
-            session = await stack.enter_async_context(mcp.ClientSession(read, write))
-            await session.initialize()
-
-            async def count(args: dict[str, int] | None = None) -> Any:
-                return (await session.call_tool("count", args)).structuredContent
+        async def count(args: dict[str, Any] | None = None) -> Any:
+            return (await client.call_tool("count", args)).structured_content
 
         assert await count({"by": 2}) == {"count": 2}
         session_id = sent[-1]
