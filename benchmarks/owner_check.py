@@ -1,4 +1,4 @@
-"""Workload 7: the cost of the owner check on the request path (issue 13).
+"""Workload: the cost of the owner check on the request path (issue 13).
 
 Get-and-touch with 100 client tasks over 100k sessions, on two engines opened side by side: one
 whose sessions have no owner, called with ``owner=None``, and one whose sessions belong to 1,000
@@ -117,7 +117,7 @@ def run(quick: bool = False) -> WorkloadResult:
     samples, ratios = trio.run(_bench, sessions, pairs, duration, warmup)
     result = WorkloadResult(
         name=NAME,
-        title="Workload 7: the owner check on the request path (get-and-touch, 100 tasks)",
+        title="The owner check on the request path (get-and-touch, 100 tasks)",
         params={
             "sessions": sessions,
             "owners": OWNERS,

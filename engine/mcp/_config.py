@@ -279,7 +279,7 @@ class ServerConfig:
     )
     """With authentication on, also serve requests that carry no token, as the anonymous
     principal: they open sessions of their own, which no token holder can use, and cannot
-    use any token holder's (anonymous ``initialize`` stays rate limited per client address). A
+    use any token holder's (anonymous ``initialize`` is bounded as without authentication). A
     request with an invalid token is always 401."""
 
     engine: EngineConfig = attrs.field(factory=_default_engine)
