@@ -35,6 +35,8 @@ from typing import Any, Final
 
 import trio
 
+from engine import Principal
+
 SERVE_FLAG: Final = "--serve-variant"
 REQUEST_TIMEOUT: Final = 10.0
 
@@ -46,16 +48,23 @@ class _DictSessions:
     """The plain-dict variant: no actor, no TTL, no persistence."""
 
     def __init__(self) -> None:
-        self.sessions: dict[str, Any] = {}
+        self.sessions: dict[str, tuple[Principal | None, Any]] = {}
 
-    async def create(self, session_id: str, payload: Any) -> None:
-        self.sessions[session_id] = payload
+    async def create(
+        self, session_id: str, payload: Any, *, owner: Principal | None = None
+    ) -> None:
+        self.sessions[session_id] = (owner, payload)
 
-    async def get_and_touch(self, session_id: str) -> Any:
-        return self.sessions.get(session_id)
+    async def get_and_touch(self, session_id: str, *, owner: Principal | None = None) -> Any:
+        found = self.sessions.get(session_id)
+        return None if found is None or found[0] != owner else found[1]
 
-    async def delete(self, session_id: str) -> bool:
-        return self.sessions.pop(session_id, None) is not None
+    async def delete(self, session_id: str, *, owner: Principal | None = None) -> bool:
+        found = self.sessions.get(session_id)
+        if found is None or found[0] != owner:
+            return False
+        del self.sessions[session_id]
+        return True
 
 
 def _serve(variant: str, port: int, storage_dir: str) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from engine import ConnectionConfig, EngineConfig, open_engine
+from engine import ConnectionConfig, EngineConfig, Principal, open_engine
 from engine._cli import EXIT_DAMAGED, EXIT_LOCKED, EXIT_NOT_A_STORE, main
 from engine.storage import detect_store
 from engine.storage._journal_format import FRAME_HEADER
@@ -203,3 +203,22 @@ def test_offline_commands_refuse_a_held_folder(
     assert not (held.parent / "DST").exists() or detect_store(held.parent / "DST") is None
     assert main(["verify", str(held)]) == 0  # read-only: works beside the engine
     assert "running engine" in capsys.readouterr().err
+
+
+def test_purge_owner_revokes_on_a_journal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "j"
+    alice = Principal(issuer="https://idp.example", subject="alice")
+
+    async def run() -> None:
+        async with open_engine(EngineConfig(storage_dir=path)) as e:
+            await e.create("a1", ConnectionConfig(), owner=alice)
+            await e.create("a2", ConnectionConfig(), owner=alice)
+            await e.create("n1", ConnectionConfig())
+
+    trio.run(run)
+    assert detect_store(path) == "journal"
+    assert main(["purge", str(path), "--owner", "sub=alice"]) == 0
+    assert "revoked 2 sessions of owner" in capsys.readouterr().out
+    assert sorted(stored("journal", path)) == ["n1"]

@@ -2,11 +2,12 @@
 
 :class:`Store` is the backend interface: the engine hands a store already-encoded, immutable
 record bytes (:class:`Put`) in coalesced batches (:data:`WriteBatch`), one batch at a time.
-Records are :class:`StoredSession` values encoded with msgspec; :class:`RecordDecoder` reads
-them back without knowing the payload type. :class:`DirectoryStore` keeps one file per session;
-:class:`JournalStore` appends every write to a journal (one fsync per batch) and compacts it;
-:class:`FolderStore` opens whichever of the two a folder holds (:func:`detect_store`).
-Every filesystem call either makes goes through a :class:`FileSystem` (default
+Records are :class:`StoredSession` values encoded with msgspec, each naming its owner (a
+:class:`Principal`) if it has one; :class:`RecordDecoder` reads them back without knowing the
+payload type. :class:`DirectoryStore` keeps one file per session; :class:`JournalStore` appends
+every write to a journal (one fsync per batch) and compacts it; :class:`FolderStore` opens
+whichever of the two a folder holds (:func:`detect_store`). Every filesystem call either makes
+goes through a :class:`FileSystem` (default
 :data:`OS_FILE_SYSTEM`), the seam tests inject faults through.
 
 Inspection, for tools beside a running engine (the ``inspect``/``stats``/``purge`` commands):
@@ -45,6 +46,7 @@ from ._protocol import WriteBatch as WriteBatch
 from ._records import FORMAT_VERSION as FORMAT_VERSION
 from ._records import MAX_RECORD_BYTES as MAX_RECORD_BYTES
 from ._records import CorruptRecordError as CorruptRecordError
+from ._records import Principal as Principal
 from ._records import RecordDecoder as RecordDecoder
 from ._records import StoredSession as StoredSession
 from ._scan import ForeignEntry as ForeignEntry
@@ -73,6 +75,7 @@ __all__ = [
     "LoadedRecord",
     "LockState",
     "OsFileSystem",
+    "Principal",
     "ProblemKind",
     "Put",
     "RecordDecoder",
