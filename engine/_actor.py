@@ -35,7 +35,7 @@ from ._codec import Codec
 from ._config import EngineConfig
 from ._core import Cause, SessionTable
 from ._engine import SessionInfo, Statistics
-from ._errors import EngineClosedError, StorageError
+from ._errors import CapacityError, EngineClosedError, StorageError
 from ._writer import Notify, Waiter, Writer
 from .storage import Store, StoredSession
 
@@ -82,6 +82,7 @@ class Actor(Generic[P]):
             encode=codec.encode_session if store is not None else None,
             delete_expired=store is None or not store.expires_keys,
             evict_to_storage=store is not None and not store.preloads,
+            evict_idle_after=config.evict_idle_after,
         )
         self.send, self._receive = trio.open_memory_channel[Call](config.queue_size)
         """The request channel: callers send on it (:func:`~engine._calls.request`)."""
@@ -196,6 +197,7 @@ class Actor(Generic[P]):
             persists={cause.value: n for cause, n in core.persists.items()},
             expired=core.expired,
             evicted=core.evicted,
+            refused=core.refused,
             storage_writes=writer.writes if writer else 0,
             storage_errors=core.encode_errors + (writer.errors if writer else 0),
             pending_writes=(len(writer.pending) + len(writer.in_flight)) if writer else 0,
@@ -252,7 +254,11 @@ class Actor(Generic[P]):
         elif kind is TOUCH:
             call.reply(core.touch(call.session_id, now))
         elif kind is CREATE:
-            core.create(call.session_id, cast(P, call.arg), now)
+            try:
+                core.create(call.session_id, cast(P, call.arg), now)
+            except CapacityError as exc:  # nothing was applied
+                call.fail(exc)
+                return
             self._reply_when_durable(call)
         elif kind is DELETE:
             call.result = core.delete(call.session_id, now)

@@ -58,6 +58,9 @@ class Statistics:
     """Sessions removed because their TTL ran out."""
     evicted: int
     """Sessions removed to stay within ``max_sessions``."""
+    refused: int = 0
+    """Creates refused at ``max_sessions`` (:class:`~engine.CapacityError`): every session
+    was in use (accessed within ``evict_idle_after``)."""
     storage_writes: int
     """Storage operations (puts and deletes) that completed."""
     storage_errors: int
@@ -102,6 +105,9 @@ class Engine(Generic[P]):
 
         With storage, returns once the record is durable. Raises :class:`~engine.PayloadError`
         if *payload* is not a valid ``payload_type`` (nothing is applied);
+        :class:`~engine.CapacityError` if the engine holds ``max_sessions`` sessions and none
+        has been idle for ``evict_idle_after`` (nothing is applied; its ``retry_after`` says
+        when one may be);
         :class:`~engine.StorageError` if the write failed (the session is live in memory and the
         write is retried). Checkpoint. Cancel-safe until applied; cancelled while waiting for
         durability, the session stays created and its write continues. After close:
