@@ -124,7 +124,7 @@ async def test_restart_restores_same_sessions_with_same_fields(tmp_path: Path) -
     ids = [new_session_id() for _ in range(20)]
     async with open_engine(config(tmp_path, persist_requests=1000)) as e:
         for i, sid in enumerate(ids):
-            await e.create(sid, attrs.evolve(RICH, preset_name=f"p{i}"))
+            await e.create(sid, msgspec.structs.replace(RICH, preset_name=f"p{i}"))
         for sid in ids[::2]:
             assert await e.touch(sid)
         before = {sid: await e.info(sid) for sid in ids}

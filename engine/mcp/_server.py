@@ -49,7 +49,13 @@ if TYPE_CHECKING:  # hypercorn is imported when serving, not by ``import engine`
     )
 
 from .._engine import Statistics
-from .._errors import EngineClosedError, InvalidSessionIdError, PayloadError, StorageError
+from .._errors import (
+    CapacityError,
+    EngineClosedError,
+    InvalidSessionIdError,
+    PayloadError,
+    StorageError,
+)
 from .._ids import new_session_id, validate_session_id
 from .._open import open_engine
 from ._config import ServerConfig
@@ -71,6 +77,7 @@ from ._protocol import (
     is_modern_request,
     message_problem,
 )
+from ._ratelimit import SessionRateLimiter, address_key
 from ._session import McpSession, TagFilterError, connection_from_query
 from ._tools import ToolCallError, call_tool, list_tools
 
@@ -289,6 +296,9 @@ class McpApp:
         self.max_buffered = config.max_buffered_bytes
         self.allowed_origins = frozenset(config.allowed_origins)
         self.retry_after = b"%d" % max(1, round(config.engine.retry_interval))
+        self.max_client_data = config.max_client_data_bytes
+        self.new_sessions = SessionRateLimiter(config.new_session_rate, config.new_session_burst)
+        """Token buckets of new sessions per client address (``new_session_rate``)."""
         self._locks = _SessionLocks()
 
     async def __call__(
@@ -611,6 +621,32 @@ class McpApp:
             connection = connection_from_query(query)
         except (TagFilterError, ValueError) as exc:
             return _json_error(400, INVALID_PARAMS, f"Invalid tag filter: {exc}", request_id)
+        client = params.client_info
+        try:
+            capabilities = msgspec.Raw(_encoder.encode(params.capabilities))
+            size = len(capabilities) + len(_encoder.encode((client.name, client.version)))
+        except (TypeError, ValueError, RecursionError) as exc:  # lone surrogates, too deep
+            why = f"Invalid initialize params: cannot store them: {exc}"
+            return _json_error(400, INVALID_PARAMS, why, request_id)
+        if size > self.max_client_data:
+            self.metrics.sessions_refused["too_large"] += 1
+            why = (
+                f"Invalid initialize params: clientInfo and capabilities take {size} bytes; a "
+                f"session stores at most {self.max_client_data} (max_client_data_bytes)"
+            )
+            return _json_error(400, INVALID_PARAMS, why, request_id)
+        wait = self.new_sessions.take(address_key(scope.get("client")), trio.current_time())
+        if wait:
+            self.metrics.sessions_refused["rate_limited"] += 1
+            response = _json_error(
+                429,
+                SERVER_BUSY,
+                "Too Many Requests: this address creates sessions too fast (new_session_rate)",
+                request_id,
+            )
+            retry = SessionRateLimiter.retry_after(wait)
+            response.headers.append((b"retry-after", b"%d" % retry))
+            return response
         version = (
             params.protocol_version
             if params.protocol_version in SUPPORTED_PROTOCOL_VERSIONS
@@ -619,9 +655,9 @@ class McpApp:
         session_id = new_session_id()
         payload = McpSession(
             protocol_version=version,
-            client_name=params.client_info.name,
-            client_version=params.client_info.version,
-            client_capabilities=params.capabilities,
+            client_name=client.name,
+            client_version=client.version,
+            client_capabilities=capabilities,
             connection=connection,
         )
         try:
@@ -629,6 +665,17 @@ class McpApp:
         except PayloadError as exc:  # too large or too deep to store: the client's doing
             why = f"Invalid initialize params: cannot store them: {exc}"
             return _json_error(400, INVALID_PARAMS, why, request_id)
+        except CapacityError as exc:  # every session is in use: refuse, never log one out
+            self.metrics.sessions_refused["capacity"] += 1
+            response = _json_error(
+                503,
+                SERVER_BUSY,
+                "Server busy: it holds as many sessions as it may (max_sessions), all in use",
+                request_id,
+            )
+            retry = SessionRateLimiter.retry_after(exc.retry_after)
+            response.headers.append((b"retry-after", b"%d" % retry))
+            return response
         except EngineClosedError:
             return _json_error(503, SERVER_BUSY, "Server shutting down", request_id)
         except StorageError as exc:
