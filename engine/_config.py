@@ -56,9 +56,7 @@ def seconds(instance: object, attribute: attrs.Attribute[Any], value: object) ->
         raise ConfigError(attribute.name, f"must be a finite number > 0, got {value!r}")
 
 
-def non_negative_seconds(
-    instance: object, attribute: attrs.Attribute[Any], value: object
-) -> None:
+def non_negative_seconds(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     """A duration that may be zero: a finite number of seconds >= 0 (int or float, not bool)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(attribute.name, f"must be a number of seconds, got {value!r}")

@@ -359,7 +359,9 @@ class SessionTable(Generic[P]):
                 heapq.heappush(heap, (entry.expires, session_id))
                 continue
             evictable_at = entry.last_accessed_at + self._evict_idle_after
-            if self._evict_idle_after and evictable_at > now:  # in use: the least recently accessed, so all others are
+            if (
+                self._evict_idle_after and evictable_at > now
+            ):  # in use: the least recently accessed, so all others are
                 heapq.heappush(heap, (pushed, session_id))
                 return min(evictable_at, entry.expires) - now
             if self._evict_to_storage:

@@ -26,6 +26,7 @@ finish (``graceful_timeout``), closes the engine (final flush) and returns.
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -748,13 +749,20 @@ async def serve(
 
     Prints ``engine: serving on <url>`` to *announce* (if given) once listening, and reports
     the bound addresses through *task_status*. Must run in the main thread (it installs
-    signal handlers). Raises :class:`~engine.StorageLockedError` if another
-    engine holds the storage folder. Checkpoint; cancelling it stops the server at once, but the
-    engine's final flush still runs (shielded).
+    signal handlers). Once the sessions are loaded it runs a full garbage collection and
+    freezes what survives (``gc.freeze()``: process-wide, for the life of the process).
+    Raises :class:`~engine.StorageLockedError` if another engine holds the storage folder.
+    Checkpoint; cancelling it stops the server at once, but the engine's final flush still
+    runs (shielded).
     """
     ensure_file_limit(config.max_connections)  # before loading sessions: fail fast
     metrics = Metrics()
     async with open_engine(config.engine, payload_type=McpSession) as engine:
+        # What exists now (modules, the loaded sessions' tables) lives as long as the server:
+        # move it out of the collector's generations, so that a full collection walks only what
+        # was allocated since, instead of everything (it stalls every request while it runs).
+        gc.collect()
+        gc.freeze()
         app = McpApp(
             engine,
             config,

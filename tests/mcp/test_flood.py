@@ -129,9 +129,7 @@ def test_a_flood_from_one_address_is_rate_limited(tmp_path: Path, client: httpx.
         assert metric_value(metrics, "engine_http_requests_total", ('status="429"',)) == refused
 
 
-def test_at_the_bound_a_session_in_use_keeps_working(
-    tmp_path: Path, client: httpx.Client
-) -> None:
+def test_at_the_bound_a_session_in_use_keeps_working(tmp_path: Path, client: httpx.Client) -> None:
     """``--max-sessions`` used to make a flood evict every real user (least recently used
     first). Now a new session that would need to evict a session used within
     ``evict_idle_after`` (600 s) gets 503 with Retry-After, and the session in use keeps its
