@@ -438,58 +438,66 @@ class Params:
     slice: float = 2.0
     pairs: int = 6
     scale: tuple[int, int] = (10_000, 100_000)
+    parts: tuple[str, ...] = ("compare", "scale")
 
 
 def measure(params: Params) -> dict[str, Any]:
     """Run both comparisons; every figure in a dict (the slices' latencies left out)."""
-    report: dict[str, Any] = {"params": attrs.asdict(params)}
+    report: dict[str, Any] = {"params": attrs.asdict(params), "variants": {}, "scale": {}}
     with tempfile.TemporaryDirectory(prefix="server_load.") as tmp, ExitStack() as stack:
         folder = Path(tmp)
-        servers = []
-        for variant in ("dict", "engine"):
-            server = _start(variant, variant, folder / variant)
-            stack.callback(server.stop)
-            server.ids = trio.run(_create_sessions, server.port, params.sessions)
-            server.requests = [_http(server.port, TOOLS_LIST, sid) for sid in server.ids]
-            servers.append(server)
-        print(f"engine vs dict, {params.sessions} sessions:", file=sys.stderr)
-        slices = _alternate(servers, params.connections, params.slice, params.pairs)
-        stack.close()
-        report["variants"] = {
-            s.name: _summary(slices[s.name]) | {"gc_full": s.gc_full, "gc_seconds": s.gc_seconds}
-            for s in servers
-        }
-        report["engine_over_dict"] = {
-            "requests_per_s": _paired(
-                slices, "engine", "dict", lambda s: s["requests"] / s["seconds"]
-            ),
-            "requests_per_cpu_s": _paired(
-                slices, "engine", "dict", lambda s: s["requests"] / s["cpu_seconds"]
-            ),
-        }
-
-        small, large = params.scale
-        servers = []
-        for n in (small, large):
-            name = f"{n:,} sessions"
-            ids = _write_sessions(folder / f"scale{n}", n, seed=n)
-            server = _start(name, "engine", folder / f"scale{n}")
-            stack.callback(server.stop)
-            server.requests = [_http(server.port, TOOLS_LIST, sid) for sid in ids]
-            servers.append(server)
-        print(f"p99 at {small:,} vs {large:,} sessions:", file=sys.stderr)
-        slices = _alternate(servers, params.connections, params.slice, params.pairs)
-        stack.close()
-        report["scale"] = {
-            s.name: _summary(slices[s.name]) | {"gc_full": s.gc_full, "gc_seconds": s.gc_seconds}
-            for s in servers
-        }
-        names = [s.name for s in servers]
-        report["large_over_small_p99"] = (
-            report["scale"][names[1]]["p99_ms"] / report["scale"][names[0]]["p99_ms"]
-        )
-        report["large_over_small_p99_paired"] = _paired(slices, names[1], names[0], _per_slice_p99)
+        if "compare" in params.parts:
+            _compare(params, folder, stack, report)
+        if "scale" in params.parts:
+            _scale(params, folder, stack, report)
     return report
+
+
+def _compare(params: Params, folder: Path, stack: ExitStack, report: dict[str, Any]) -> None:
+    servers = []
+    for variant in ("dict", "engine"):
+        server = _start(variant, variant, folder / variant)
+        stack.callback(server.stop)
+        server.ids = trio.run(_create_sessions, server.port, params.sessions)
+        server.requests = [_http(server.port, TOOLS_LIST, sid) for sid in server.ids]
+        servers.append(server)
+    print(f"engine vs dict, {params.sessions} sessions:", file=sys.stderr)
+    slices = _alternate(servers, params.connections, params.slice, params.pairs)
+    stack.close()
+    report["variants"] = {
+        s.name: _summary(slices[s.name]) | {"gc_full": s.gc_full, "gc_seconds": s.gc_seconds}
+        for s in servers
+    }
+    report["engine_over_dict"] = {
+        "requests_per_s": _paired(slices, "engine", "dict", lambda s: s["requests"] / s["seconds"]),
+        "requests_per_cpu_s": _paired(
+            slices, "engine", "dict", lambda s: s["requests"] / s["cpu_seconds"]
+        ),
+    }
+
+
+def _scale(params: Params, folder: Path, stack: ExitStack, report: dict[str, Any]) -> None:
+    small, large = params.scale
+    servers = []
+    for n in (small, large):
+        name = f"{n:,} sessions"
+        ids = _write_sessions(folder / f"scale{n}", n, seed=n)
+        server = _start(name, "engine", folder / f"scale{n}")
+        stack.callback(server.stop)
+        server.requests = [_http(server.port, TOOLS_LIST, sid) for sid in ids]
+        servers.append(server)
+    print(f"p99 at {small:,} vs {large:,} sessions:", file=sys.stderr)
+    slices = _alternate(servers, params.connections, params.slice, params.pairs)
+    stack.close()
+    report["scale"] = {
+        s.name: _summary(slices[s.name]) | {"gc_full": s.gc_full, "gc_seconds": s.gc_seconds}
+        for s in servers
+    }
+    names = [s.name for s in servers]
+    report["large_over_small_p99"] = (
+        report["scale"][names[1]]["p99_ms"] / report["scale"][names[0]]["p99_ms"]
+    )
+    report["large_over_small_p99_paired"] = _paired(slices, names[1], names[0], _per_slice_p99)
 
 
 def run(quick: bool) -> WorkloadResult:
@@ -501,6 +509,10 @@ def run(quick: bool) -> WorkloadResult:
     )
     report = measure(params)
     return result(report)
+
+
+def _extremes(values: list[float]) -> tuple[float, float]:
+    return min(values), max(values)
 
 
 def result(report: dict[str, Any]) -> WorkloadResult:
@@ -544,46 +556,43 @@ def result(report: dict[str, Any]) -> WorkloadResult:
             rows,
         )
     )
-    ratios = report["engine_over_dict"]
-    cpu_ratio = median(ratios["requests_per_cpu_s"])
-    wall_ratio = median(ratios["requests_per_s"])
-    out.tables.append(
-        Table(
-            "engine / dict, paired slices",
-            ["figure", "median", "min", "max"],
-            [
+    if "engine_over_dict" in report:
+        ratios = report["engine_over_dict"]
+        cpu_ratio = median(ratios["requests_per_cpu_s"])
+        wall_ratio = median(ratios["requests_per_s"])
+        out.tables.append(
+            Table(
+                "engine / dict, paired slices",
+                ["figure", "median", "min", "max"],
                 [
-                    "req/CPU-s",
-                    cpu_ratio,
-                    min(ratios["requests_per_cpu_s"]),
-                    max(ratios["requests_per_cpu_s"]),
+                    ["req/CPU-s", cpu_ratio, *_extremes(ratios["requests_per_cpu_s"])],
+                    ["req/s", wall_ratio, *_extremes(ratios["requests_per_s"])],
                 ],
-                ["req/s", wall_ratio, min(ratios["requests_per_s"]), max(ratios["requests_per_s"])],
-            ],
+            )
         )
-    )
-    p99_ratio = report["large_over_small_p99"]
-    out.goals.append(
-        Goal(
-            "engine >= 0.90x the dict variant (req per server CPU-second)",
-            cpu_ratio,
-            cpu_ratio >= 0.9,
+        out.goals.append(
+            Goal(
+                "engine >= 0.90x the dict variant (req per server CPU-second)",
+                cpu_ratio,
+                cpu_ratio >= 0.9,
+            )
         )
-    )
-    out.goals.append(
-        Goal(
-            f"p99 at {params['scale'][1]:,} sessions <= 2x p99 at {params['scale'][0]:,}",
-            p99_ratio,
-            p99_ratio <= 2.0,
+        out.notes.append(
+            "paired engine/dict req/s: " + ", ".join(f"{r:.2f}" for r in ratios["requests_per_s"])
         )
-    )
-    out.notes.append(
-        "paired p99 ratios (large / small, per slice): "
-        + ", ".join(f"{r:.2f}" for r in report["large_over_small_p99_paired"])
-    )
-    out.notes.append(
-        "paired engine/dict req/s: " + ", ".join(f"{r:.2f}" for r in ratios["requests_per_s"])
-    )
+    if "large_over_small_p99" in report:
+        p99_ratio = report["large_over_small_p99"]
+        out.goals.append(
+            Goal(
+                f"p99 at {params['scale'][1]:,} sessions <= 2x p99 at {params['scale'][0]:,}",
+                p99_ratio,
+                p99_ratio <= 2.0,
+            )
+        )
+        out.notes.append(
+            "paired p99 ratios (large / small, per slice): "
+            + ", ".join(f"{r:.2f}" for r in report["large_over_small_p99_paired"])
+        )
     out.data = report
     return out
 
@@ -603,10 +612,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--scale", default="10000,100000", help="session counts compared for p99 (two)"
     )
+    parser.add_argument(
+        "--only", nargs="+", choices=("compare", "scale"), help="run only these comparisons"
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
     small, large = (int(n) for n in args.scale.split(","))
-    params = Params(args.connections, args.sessions, args.slice, args.pairs, (small, large))
+    parts = tuple(args.only or ("compare", "scale"))
+    params = Params(args.connections, args.sessions, args.slice, args.pairs, (small, large), parts)
     out = result(measure(params))
     if args.json:
         print(json.dumps(out.data, indent=2))
