@@ -48,6 +48,7 @@ from typing import Any, Final, TextIO, cast
 
 import attrs
 import msgspec
+import outcome
 import trio
 
 from ._common import Goal, Table, WorkloadResult, median, percentile
@@ -108,7 +109,7 @@ class _Announce(io.TextIOBase):
 
 class _DictSessions:
     """The plain-dict variant: no actor, no TTL, no persistence. Its methods do not checkpoint
-    (the engine's do): the least work a session keeper can do."""
+    (the engine's do)."""
 
     def __init__(self) -> None:
         self.sessions: dict[str, Any] = {}
@@ -123,21 +124,72 @@ class _DictSessions:
         return self.sessions.pop(session_id, None) is not None
 
 
+class _CheckpointDictSessions(_DictSessions):
+    """The plain dict, each method a checkpoint like the engine's."""
+
+    async def create(self, session_id: str, payload: Any) -> None:
+        await trio.lowlevel.checkpoint()
+        self.sessions[session_id] = payload
+
+    async def get_and_touch(self, session_id: str) -> Any:
+        await trio.lowlevel.checkpoint()
+        return self.sessions.get(session_id)
+
+    async def delete(self, session_id: str) -> bool:
+        await trio.lowlevel.checkpoint()
+        return self.sessions.pop(session_id, None) is not None
+
+
+class _ActorDictSessions(_DictSessions):
+    """The plain dict behind a do-nothing actor: each call is sent to one task over a memory
+    channel, and its caller parks until that task has answered it (the engine's shape, without
+    its session work, persistence or call bookkeeping)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.send, self.receive = trio.open_memory_channel[
+            tuple[Callable[[], Any], trio.lowlevel.Task]
+        ](1024)
+
+    async def run(self) -> None:
+        async for fn, task in self.receive:
+            trio.lowlevel.reschedule(task, outcome.Value(fn()))
+
+    async def _call(self, fn: Callable[[], Any]) -> Any:
+        self.send.send_nowait((fn, trio.lowlevel.current_task()))
+        return await trio.lowlevel.wait_task_rescheduled(lambda _: trio.lowlevel.Abort.FAILED)
+
+    async def create(self, session_id: str, payload: Any) -> None:
+        await self._call(partial(self.sessions.__setitem__, session_id, payload))
+
+    async def get_and_touch(self, session_id: str) -> Any:
+        return await self._call(partial(self.sessions.get, session_id))
+
+    async def delete(self, session_id: str) -> bool:
+        found = await self._call(partial(self.sessions.pop, session_id, None))
+        return found is not None
+
+
 def _serve(variant: str, port: int, storage_dir: str) -> None:
     from engine import Statistics
     from engine.mcp import McpApp, load_server_config, serve, serve_app
     from engine.mcp._metrics import Metrics
 
+    storage = "none" if variant == "engine-memory" else storage_dir
     config = load_server_config(
         environ={},
-        flags={**SERVER_SETTINGS, "port": str(port), "storage_dir": storage_dir},
+        flags={**SERVER_SETTINGS, "port": str(port), "storage_dir": storage},
     )
     times = _GcTimes()
     announce = _Announce(sys.stdout, times)
-    if variant == "engine":
+    if variant.startswith("engine"):
         trio.run(partial(serve, config, announce=cast(TextIO, announce)))
     else:
-        sessions = _DictSessions()
+        sessions = {
+            "dict": _DictSessions,
+            "dict-checkpoint": _CheckpointDictSessions,
+            "dict-actor": _ActorDictSessions,
+        }[variant]()
         metrics = Metrics()
         zero = Statistics(
             live_sessions=0,
@@ -171,12 +223,17 @@ def _serve(variant: str, port: int, storage_dir: str) -> None:
                         return
 
                 async with trio.open_nursery() as nursery:
-                    binds = await nursery.start(
-                        lambda task_status: serve_app(
+
+                    async def serving(task_status: trio.TaskStatus[list[str]]) -> None:
+                        await serve_app(
                             app, config, shutdown, metrics=metrics, task_status=task_status
                         )
-                    )
-                    print(f"engine: serving on {binds[0]}/mcp (dict variant)", file=announce)
+                        nursery.cancel_scope.cancel()  # the actor, if any
+
+                    if isinstance(sessions, _ActorDictSessions):
+                        nursery.start_soon(sessions.run)
+                    binds = await nursery.start(serving)
+                    print(f"engine: serving on {binds[0]}/mcp ({variant} variant)", file=announce)
                     announce.flush()
 
         trio.run(main)
