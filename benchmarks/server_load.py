@@ -171,6 +171,7 @@ class _ActorDictSessions(_DictSessions):
 
 
 def _serve(variant: str, port: int, storage_dir: str) -> None:
+    variant = variant.split("~")[0]  # "dict~2": a second instance of a variant (A/A runs)
     from engine import Statistics
     from engine.mcp import McpApp, load_server_config, serve, serve_app
     from engine.mcp._metrics import Metrics
@@ -266,6 +267,15 @@ class _Server:
         except OSError:
             return float("nan")
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def run_queue_seconds(self) -> float:
+        """Seconds the server's main thread has spent runnable but waiting for a CPU (Linux
+        ``schedstat``; NaN elsewhere): time the neighbours took from it."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/schedstat").read_text().split()
+        except OSError:
+            return float("nan")
+        return int(fields[1]) / 1e9
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -405,7 +415,7 @@ async def _slice(server: _Server, connections: int, duration: float) -> dict[str
     requests = server.requests
     latencies: list[float] = []
     errors = 0
-    cpu0 = server.cpu_seconds()
+    cpu0, waited0 = server.cpu_seconds(), server.run_queue_seconds()
     start = time.perf_counter()
     deadline = trio.current_time() + duration
 
@@ -435,6 +445,7 @@ async def _slice(server: _Server, connections: int, duration: float) -> dict[str
         "errors": errors,
         "seconds": elapsed,
         "cpu_seconds": cpu,
+        "run_queue_seconds": server.run_queue_seconds() - waited0,
         "latencies": latencies,
     }
 
@@ -456,7 +467,8 @@ def _alternate(
                 f"  {server.name:<14} {result['requests'] / result['seconds']:8.0f} req/s "
                 f"{result['requests'] / result['cpu_seconds']:8.0f} req/CPU-s  "
                 f"p50 {p50:6.2f} ms  p99 {p99:7.2f} ms"
-                f"  (CPU share {result['cpu_seconds'] / result['seconds']:.2f}, "
+                f"  (CPU share {result['cpu_seconds'] / result['seconds']:.2f}, waiting for a CPU "
+                f"{result['run_queue_seconds'] / result['seconds']:.2f}, "
                 f"{result['errors']} errors)",
                 file=sys.stderr,
                 flush=True,
@@ -470,6 +482,7 @@ def _summary(slices: list[dict[str, Any]]) -> dict[str, float]:
         "requests_per_s": median(s["requests"] / s["seconds"] for s in slices),
         "requests_per_cpu_s": median(s["requests"] / s["cpu_seconds"] for s in slices),
         "cpu_share": median(s["cpu_seconds"] / s["seconds"] for s in slices),
+        "run_queue_share": median(s["run_queue_seconds"] / s["seconds"] for s in slices),
         "p50_ms": percentile(pooled, 0.5) * 1e3,
         "p99_ms": percentile(pooled, 0.99) * 1e3,
         "max_ms": pooled[-1] * 1e3 if pooled else float("nan"),
@@ -587,6 +600,7 @@ def result(report: dict[str, Any]) -> WorkloadResult:
                 fig["requests_per_s"],
                 fig["requests_per_cpu_s"],
                 fig["cpu_share"],
+                fig["run_queue_share"],
                 fig["p50_ms"],
                 fig["p99_ms"],
                 fig["max_ms"],
@@ -603,6 +617,7 @@ def result(report: dict[str, Any]) -> WorkloadResult:
                 "req/s",
                 "req/CPU-s",
                 "CPU share",
+                "waiting",
                 "p50 ms",
                 "p99 ms",
                 "max ms",
