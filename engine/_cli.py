@@ -13,7 +13,7 @@ import contextlib
 import logging
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Final
@@ -64,47 +64,92 @@ class _CliError(Exception):
 # -- serve ------------------------------------------------------------------------------------
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from .mcp import serve
-
+def _server_config(args: argparse.Namespace) -> ServerConfig:
+    """The settings of ``serve`` and ``sdk-example``: flags, else environment, else TOML."""
     flags = {
         setting.name: getattr(args, setting.name)
         for setting in settings()
         if getattr(args, setting.name) is not None
     }
-    try:
-        config = load_server_config(config_file=args.config, flags=flags)
-    except ConfigError as exc:
-        print(f"engine serve: invalid configuration: {exc}", file=sys.stderr)
-        return EXIT_BAD_CONFIG
+    return load_server_config(config_file=args.config, flags=flags)
+
+
+def _run_server(
+    command: str, args: argparse.Namespace, config: ServerConfig, run: Callable[[], Awaitable[None]]
+) -> int:
+    """Run a server until it stops, logging at ``--log-level``; map its failures to exit
+    codes."""
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     try:
-        trio.run(partial(serve, config, announce=sys.stdout))
+        trio.run(run)
     except Exception as exc:  # nurseries wrap errors in groups: look at the one inside
         error = _single(exc)
         if isinstance(error, ConfigError):  # a bound the system cannot give (open files)
-            print(f"engine serve: invalid configuration: {error}", file=sys.stderr)
+            print(f"engine {command}: invalid configuration: {error}", file=sys.stderr)
             return EXIT_BAD_CONFIG
         if isinstance(error, StorageLockedError):
-            print(f"engine serve: {error}; stop it first", file=sys.stderr)
+            print(f"engine {command}: {error}; stop it first", file=sys.stderr)
             return EXIT_LOCKED
         if isinstance(error, StorageError):
-            print(f"engine serve: {error}", file=sys.stderr)
+            print(f"engine {command}: {error}", file=sys.stderr)
             return EXIT_ERROR
         if isinstance(error, OSError):  # the port is taken, or the address is not ours
-            print(f"engine serve: cannot listen on {_address(config)}: {error}", file=sys.stderr)
+            print(
+                f"engine {command}: cannot listen on {_address(config)}: {error}", file=sys.stderr
+            )
             return EXIT_ERROR
         raise
     return EXIT_OK
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from .mcp import serve
+
+    try:
+        config = _server_config(args)
+    except ConfigError as exc:
+        print(f"engine serve: invalid configuration: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    return _run_server("serve", args, config, partial(serve, config, announce=sys.stdout))
+
+
 def _count(n: int, noun: str) -> str:
     """``1 session``, ``2 sessions``."""
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _sdk_example(args: argparse.Namespace) -> int:
+    try:
+        from .mcp.sdk import SdkVersionError
+        from .mcp.sdk.example import serve_example
+    except ImportError as exc:  # the SDK is an extra: pip install 'engine[sdk]'
+        print(f"engine sdk-example: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    try:
+        config = _server_config(args)
+        tokens = dict(_token(text) for text in args.token)
+    except (ConfigError, SdkVersionError) as exc:
+        print(f"engine sdk-example: invalid configuration: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    run = partial(
+        serve_example,
+        config,
+        hibernate_after=args.hibernate_after,
+        tokens=tokens,
+        announce=sys.stdout,
+    )
+    return _run_server("sdk-example", args, config, run)
+
+
+def _token(text: str) -> tuple[str, str]:
+    name, sep, token = text.partition("=")
+    if not sep or not name or not token:
+        raise ConfigError("token", f"expected NAME=TOKEN, got {text!r}")
+    return token, name
 
 
 def _single(exc: BaseException) -> BaseException:
@@ -432,6 +477,19 @@ def _purge(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_server_settings(parser: argparse.ArgumentParser) -> None:
+    """``--config`` and one flag per server and engine setting, each showing its default."""
+    parser.add_argument("--config", type=Path, default=None, help="TOML file (default: none)")
+    for setting in settings():
+        parser.add_argument(
+            setting.flag,
+            dest=setting.name,
+            default=None,
+            metavar="VALUE",
+            help=f"{setting.help} (default: {setting.default_text})",
+        )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m engine",
@@ -449,20 +507,41 @@ def _parser() -> argparse.ArgumentParser:
         "file (--config or ENGINE_CONFIG: [server] and [engine] tables), else defaults. "
         "SIGINT/SIGTERM: graceful shutdown with a final flush.",
     )
-    serve.add_argument("--config", type=Path, default=None, help="TOML file (default: none)")
-    for setting in settings():
-        serve.add_argument(
-            setting.flag,
-            dest=setting.name,
-            default=None,
-            metavar="VALUE",
-            help=f"{setting.help} (default: {setting.default_text})",
-        )
+    _add_server_settings(serve)
     serve.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
         help="log level on stderr (default: info)",
+    )
+
+    example = commands.add_parser(
+        "sdk-example",
+        help="run an official-SDK MCP server whose sessions survive restarts (needs engine[sdk])",
+        description="Serve an MCPServer (official MCP SDK) with three tools, its sessions kept "
+        "by engine.mcp.sdk.SdkSessions, on hypercorn's trio worker in one process. Settings as "
+        "for serve; GET /healthz shows the adapter's counters. See docs/sdk.md.",
+    )
+    _add_server_settings(example)
+    example.add_argument(
+        "--hibernate-after",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="close SDK sessions idle this long; they stay stored and come back (default: 60)",
+    )
+    example.add_argument(
+        "--token",
+        action="append",
+        default=[],
+        metavar="NAME=TOKEN",
+        help="require bearer tokens: accept TOKEN as principal NAME (repeatable)",
+    )
+    example.add_argument(
+        "--log-level",
+        default="warning",
+        choices=["debug", "info", "warning", "error"],
+        help="log level on stderr (default: warning)",
     )
 
     for name, help_text in (
@@ -504,6 +583,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "sdk-example":
+        return _sdk_example(args)
     try:
         # inspect, stats and purge print what they find; the store's warnings would repeat it
         with _safe_logging(logging.WARNING if args.command == "demo" else logging.ERROR):

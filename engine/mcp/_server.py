@@ -60,7 +60,7 @@ from .._errors import (
 from .._ids import new_session_id, validate_session_id
 from .._open import open_engine
 from ._config import ServerConfig
-from ._http import ensure_file_limit, serve_app
+from ._http import ensure_file_limit, serve_app, wait_for_signal
 from ._metrics import Metrics
 from ._protocol import (
     INVALID_PARAMS,
@@ -771,21 +771,7 @@ async def serve(
             metrics=metrics,
         )
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-
-            async def wait_for_shutdown() -> None:
-                async with trio.open_nursery() as nursery:
-
-                    async def on_signal() -> None:
-                        async for signum in signals:
-                            log.info("%s: shutting down", signal.Signals(signum).name)
-                            break
-                        nursery.cancel_scope.cancel()
-
-                    nursery.start_soon(on_signal)
-                    if shutdown_trigger is not None:
-                        await shutdown_trigger()
-                        nursery.cancel_scope.cancel()
-
+            wait_for_shutdown = partial(wait_for_signal, signals, shutdown_trigger)
             async with trio.open_nursery() as nursery:
                 binds: list[str] = await nursery.start(
                     partial(serve_app, metrics=metrics), app, config, wait_for_shutdown
