@@ -51,6 +51,8 @@ import msgspec
 import outcome
 import trio
 
+from engine import Principal
+
 from ._common import Goal, Table, WorkloadResult, median, percentile
 
 NAME: Final = "server_load"
@@ -108,36 +110,54 @@ class _Announce(io.TextIOBase):
 
 
 class _DictSessions:
-    """The plain-dict variant: no actor, no TTL, no persistence. Its methods do not checkpoint
-    (the engine's do)."""
+    """The plain-dict variant: no actor, no TTL, no persistence; sessions answer only their
+    owner, as the engine's do. Its methods do not checkpoint (the engine's do)."""
 
     def __init__(self) -> None:
-        self.sessions: dict[str, Any] = {}
+        self.sessions: dict[str, tuple[Principal | None, Any]] = {}
 
-    async def create(self, session_id: str, payload: Any) -> None:
-        self.sessions[session_id] = payload
+    def _create(self, session_id: str, payload: Any, owner: Principal | None) -> None:
+        self.sessions[session_id] = (owner, payload)
 
-    async def get_and_touch(self, session_id: str) -> Any:
-        return self.sessions.get(session_id)
+    def _get(self, session_id: str, owner: Principal | None) -> Any:
+        found = self.sessions.get(session_id)
+        return None if found is None or found[0] != owner else found[1]
 
-    async def delete(self, session_id: str) -> bool:
-        return self.sessions.pop(session_id, None) is not None
+    def _delete(self, session_id: str, owner: Principal | None) -> bool:
+        found = self.sessions.get(session_id)
+        if found is None or found[0] != owner:
+            return False
+        del self.sessions[session_id]
+        return True
+
+    async def create(
+        self, session_id: str, payload: Any, *, owner: Principal | None = None
+    ) -> None:
+        self._create(session_id, payload, owner)
+
+    async def get_and_touch(self, session_id: str, *, owner: Principal | None = None) -> Any:
+        return self._get(session_id, owner)
+
+    async def delete(self, session_id: str, *, owner: Principal | None = None) -> bool:
+        return self._delete(session_id, owner)
 
 
 class _CheckpointDictSessions(_DictSessions):
     """The plain dict, each method a checkpoint like the engine's."""
 
-    async def create(self, session_id: str, payload: Any) -> None:
+    async def create(
+        self, session_id: str, payload: Any, *, owner: Principal | None = None
+    ) -> None:
         await trio.lowlevel.checkpoint()
-        self.sessions[session_id] = payload
+        self._create(session_id, payload, owner)
 
-    async def get_and_touch(self, session_id: str) -> Any:
+    async def get_and_touch(self, session_id: str, *, owner: Principal | None = None) -> Any:
         await trio.lowlevel.checkpoint()
-        return self.sessions.get(session_id)
+        return self._get(session_id, owner)
 
-    async def delete(self, session_id: str) -> bool:
+    async def delete(self, session_id: str, *, owner: Principal | None = None) -> bool:
         await trio.lowlevel.checkpoint()
-        return self.sessions.pop(session_id, None) is not None
+        return self._delete(session_id, owner)
 
 
 class _ActorDictSessions(_DictSessions):
@@ -159,15 +179,17 @@ class _ActorDictSessions(_DictSessions):
         self.send.send_nowait((fn, trio.lowlevel.current_task()))
         return await trio.lowlevel.wait_task_rescheduled(lambda _: trio.lowlevel.Abort.FAILED)
 
-    async def create(self, session_id: str, payload: Any) -> None:
-        await self._call(partial(self.sessions.__setitem__, session_id, payload))
+    async def create(
+        self, session_id: str, payload: Any, *, owner: Principal | None = None
+    ) -> None:
+        await self._call(partial(self._create, session_id, payload, owner))
 
-    async def get_and_touch(self, session_id: str) -> Any:
-        return await self._call(partial(self.sessions.get, session_id))
+    async def get_and_touch(self, session_id: str, *, owner: Principal | None = None) -> Any:
+        return await self._call(partial(self._get, session_id, owner))
 
-    async def delete(self, session_id: str) -> bool:
-        found = await self._call(partial(self.sessions.pop, session_id, None))
-        return found is not None
+    async def delete(self, session_id: str, *, owner: Principal | None = None) -> bool:
+        result: bool = await self._call(partial(self._delete, session_id, owner))
+        return result
 
 
 def _serve(variant: str, port: int, storage_dir: str) -> None:

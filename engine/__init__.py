@@ -14,7 +14,9 @@ from ._errors import ConfigError as ConfigError
 from ._errors import EngineClosedError as EngineClosedError
 from ._errors import EngineError as EngineError
 from ._errors import InvalidSessionIdError as InvalidSessionIdError
+from ._errors import OwnerLimitError as OwnerLimitError
 from ._errors import PayloadError as PayloadError
+from ._errors import SessionOwnedError as SessionOwnedError
 from ._errors import StorageError as StorageError
 from ._errors import StorageLockedError as StorageLockedError
 from ._errors import StorageResetError as StorageResetError
@@ -33,6 +35,7 @@ from .mcp import serve as serve
 from .storage import FORMAT_VERSION as FORMAT_VERSION
 from .storage import DirectoryStore as DirectoryStore
 from .storage import LoadReport as LoadReport
+from .storage import Principal as Principal
 from .storage import Put as Put
 from .storage import Store as Store
 from .storage import StoredSession as StoredSession
@@ -52,10 +55,13 @@ __all__ = [
     "LoadReport",
     "McpApp",
     "McpSession",
+    "OwnerLimitError",
     "PayloadError",
+    "Principal",
     "Put",
     "ServerConfig",
     "SessionInfo",
+    "SessionOwnedError",
     "Statistics",
     "StorageError",
     "StorageLockedError",

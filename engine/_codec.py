@@ -15,6 +15,7 @@ from .storage import (
     FORMAT_VERSION,
     MAX_RECORD_BYTES,
     CorruptRecordError,
+    Principal,
     RecordDecoder,
     StoredSession,
 )
@@ -62,8 +63,8 @@ class Codec(Generic[P]):
 
     def encode_session(self, session_id: str, session: SessionState[P]) -> bytes:
         """Encode the record of *session_id* from *session* (a live
-        :class:`~engine._core.Entry`, or anything with a payload and the three timestamps). The
-        core's encoder: called once per persist."""
+        :class:`~engine._core.Entry`, or anything with a payload, the three timestamps and an
+        owner). The core's encoder: called once per persist."""
         return self._encoder.encode(
             StoredSession(
                 FORMAT_VERSION,
@@ -72,6 +73,7 @@ class Codec(Generic[P]):
                 session.last_accessed_at,
                 session.expires,
                 session.payload,
+                session.owner,
             )
         )
 
@@ -82,12 +84,13 @@ class Codec(Generic[P]):
         created_at: float,
         last_accessed_at: float,
         expires: float,
+        owner: Principal | None = None,
     ) -> bytes:
         """Encode a record from loose values (for tools, tests and benchmarks that build records
         without a session; the engine itself uses :meth:`encode_session`)."""
         return self._encoder.encode(
             StoredSession(
-                FORMAT_VERSION, session_id, created_at, last_accessed_at, expires, payload
+                FORMAT_VERSION, session_id, created_at, last_accessed_at, expires, payload, owner
             )
         )
 

@@ -179,6 +179,16 @@ class EngineConfig:
     recently accessed session whatever its age. Stores that load on a miss (memory is a cache
     of storage there) evict whatever the age: their evicted sessions stay in storage."""
 
+    max_sessions_per_owner: int | None = attrs.field(
+        default=None,
+        validator=optional(integer(1)),
+        metadata={HELP: "bound on one owner's live sessions ('none': no bound)"},
+    )
+    """Bound on the live sessions of one owner (a :class:`~engine.Principal`). At the bound,
+    the owner's next create of a new id is refused with :class:`~engine.OwnerLimitError`
+    (nothing is evicted); sessions without an owner are not counted. Lowering it never removes
+    sessions: creates are refused until the owner is under it. ``None``: no bound."""
+
     queue_size: int = attrs.field(
         default=1024,
         validator=integer(1),
@@ -300,6 +310,16 @@ def _typed_str(value: object, _: object) -> str:
     return value
 
 
+def _typed_optional_str(value: object, t: object) -> str | None:
+    return None if value is None else _typed_str(value, t)
+
+
+def _typed_bool(value: object, _: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected true or false, got {value!r}")
+    return value
+
+
 def _typed_strings(value: object, t: object) -> tuple[str, ...]:
     if isinstance(value, str):  # a comma-separated list, as in the environment
         return _text_strings(value, t)
@@ -341,6 +361,24 @@ def _text_str(value: object, _: object) -> str:
     return str(value)
 
 
+def _text_optional_str(value: object, _: object) -> str | None:
+    text = str(value)
+    return None if text.strip().lower() in NONE_WORDS else text
+
+
+TRUE_WORDS: Final = frozenset({"true", "yes", "on", "1"})
+FALSE_WORDS: Final = frozenset({"false", "no", "off", "0"})
+
+
+def _text_bool(value: object, _: object) -> bool:
+    text = str(value).strip().lower()
+    if text in TRUE_WORDS:
+        return True
+    if text in FALSE_WORDS:
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
 def _text_strings(value: object, _: object) -> tuple[str, ...]:
     return tuple(item.strip() for item in str(value).split(",") if item.strip())
 
@@ -350,13 +388,22 @@ def _text_path(value: object, _: object) -> Path | None:
 
 
 def _converter(
-    number: Any, integer: Any, optional_integer: Any, text: Any, texts: Any, path: Any
+    number: Any,
+    integer: Any,
+    optional_integer: Any,
+    text: Any,
+    optional_text: Any,
+    flag: Any,
+    texts: Any,
+    path: Any,
 ) -> cattrs.Converter:
     converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=False)
     converter.register_structure_hook(float, number)
     converter.register_structure_hook(int, integer)
     converter.register_structure_hook(int | None, optional_integer)
     converter.register_structure_hook(str, text)
+    converter.register_structure_hook(str | None, optional_text)
+    converter.register_structure_hook(bool, flag)
     converter.register_structure_hook_func(lambda t: t == tuple[str, ...], texts)
     converter.register_structure_hook(Path | None, path)
     converter.register_unstructure_hook(Path, str)
@@ -365,16 +412,31 @@ def _converter(
 
 
 TYPED: Final = _converter(
-    _typed_number, _typed_int, _typed_optional_int, _typed_str, _typed_strings, _typed_path
+    _typed_number,
+    _typed_int,
+    _typed_optional_int,
+    _typed_str,
+    _typed_optional_str,
+    _typed_bool,
+    _typed_strings,
+    _typed_path,
 )
 """Converter for values that already have their type (mappings, TOML, JSON): numbers must be
-numbers (``ttl = "60"`` is refused), lists of strings (or one comma-separated string) become
-tuples, strings become paths."""
+numbers (``ttl = "60"`` is refused), booleans booleans, lists of strings (or one
+comma-separated string) become tuples, strings become paths."""
 
 TEXT: Final = _converter(
-    _text_number, _text_int, _text_optional_int, _text_str, _text_strings, _text_path
+    _text_number,
+    _text_int,
+    _text_optional_int,
+    _text_str,
+    _text_optional_str,
+    _text_bool,
+    _text_strings,
+    _text_path,
 )
 """Converter for text (environment variables, flags): numbers are parsed, a comma-separated list
-becomes a tuple, ``none``/``null``/empty sets an optional setting to ``None``."""
+becomes a tuple, ``true``/``false`` (``yes``/``no``, ``on``/``off``, ``1``/``0``) a bool,
+``none``/``null``/empty sets an optional setting to ``None``."""
 
 attrs.resolve_types(EngineConfig)

@@ -18,7 +18,9 @@ __all__ = [
     "EngineClosedError",
     "EngineError",
     "InvalidSessionIdError",
+    "OwnerLimitError",
     "PayloadError",
+    "SessionOwnedError",
     "StorageError",
     "StorageLockedError",
     "StorageResetError",
@@ -38,6 +40,20 @@ class InvalidSessionIdError(EngineError, ValueError):
 @final
 class PayloadError(EngineError, TypeError):
     """A payload does not match the engine's ``payload_type``."""
+
+
+@final
+class SessionOwnedError(EngineError, ValueError):
+    """A create named a live session that another principal owns (or that has an owner, for a
+    create without one, or none, for a create with one): nothing is replaced. Only a create
+    can tell this; every other call answers such an id as unknown."""
+
+
+@final
+class OwnerLimitError(EngineError, RuntimeError):
+    """A create would give its owner more live sessions than ``max_sessions_per_owner``:
+    refused, nothing is created and nothing evicted. The owner can delete a session, or wait
+    for one to expire."""
 
 
 @final

@@ -31,7 +31,7 @@ from engine import (
     new_session_id,
     open_engine,
 )
-from engine.storage import DirectoryStore, file_name_for
+from engine.storage import FORMAT_VERSION, DirectoryStore, file_name_for
 from engine.testing import FaultyFileSystem
 
 T0 = 1_800_000_000.0
@@ -94,7 +94,7 @@ async def test_create_get_touch_delete_with_files(tmp_path: Path) -> None:
         await e.create(sid, RICH)
         # create returns once the record is durable
         record = stored(tmp_path, sid)
-        assert record is not None and record["id"] == sid and record["v"] == 1
+        assert record is not None and record["id"] == sid and record["v"] == FORMAT_VERSION
         assert await e.get(sid) == RICH
         assert await e.touch(sid) is True
         assert await e.get_and_touch(sid) == RICH

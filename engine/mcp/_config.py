@@ -81,6 +81,34 @@ def _to_tuple(value: object) -> object:
     return value
 
 
+def _to_optional_path(value: object) -> object:
+    if isinstance(value, str) and value:
+        return Path(value)
+    return value
+
+
+def _optional_path(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and not isinstance(value, Path):
+        raise ConfigError(attribute.name, f"must be a file path or none, got {value!r}")
+
+
+def _optional_text(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise ConfigError(attribute.name, f"must be a non-empty string or none, got {value!r}")
+
+
+def _scope_list(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, tuple) or not all(
+        isinstance(v, str) and v and not any(c.isspace() for c in v) for v in value
+    ):
+        raise ConfigError(attribute.name, f"must be a list of scope names, got {value!r}")
+
+
+def _flag(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(attribute.name, f"must be true or false, got {value!r}")
+
+
 def _default_engine() -> EngineConfig:
     return EngineConfig(storage_dir=DEFAULT_STORAGE_DIR, max_sessions=DEFAULT_MAX_SESSIONS)
 
@@ -217,6 +245,85 @@ class ServerConfig:
     """Browser origins allowed besides local ones (``http://localhost:*`` and the like);
     requests with any other ``Origin`` header get 403 (DNS rebinding protection)."""
 
+    auth_token_file: Path | None = attrs.field(
+        default=None,
+        converter=_to_optional_path,
+        validator=_optional_path,
+        metadata={HELP: "TOML file of static bearer tokens (sha256 -> principal); turns auth on"},
+    )
+    """Static bearer tokens: a TOML file of ``[[token]]`` tables, each the ``sha256`` (hex) of
+    a token and the principal it stands for (``subject``, ``issuer``, ``client_id``, optional
+    ``scopes``). Setting it turns authentication on. See docs/operations.md, "Authentication"."""
+
+    auth_jwt_keys: Path | None = attrs.field(
+        default=None,
+        converter=_to_optional_path,
+        validator=_optional_path,
+        metadata={HELP: "JWKS or PEM file of the keys bearer JWTs are signed with; turns auth on"},
+    )
+    """Public keys (a JWKS JSON file, or one PEM public key or certificate) that bearer JWTs
+    must be signed with. Setting it turns JWT authentication on; ``auth_issuer`` is then
+    required."""
+
+    auth_issuer: str | None = attrs.field(
+        default=None,
+        validator=_optional_text,
+        metadata={HELP: "the iss every bearer JWT must carry (required with auth_jwt_keys)"},
+    )
+    """The ``iss`` claim every JWT must carry."""
+
+    auth_audience: str | None = attrs.field(
+        default=None,
+        validator=_optional_text,
+        metadata={HELP: "an aud every bearer JWT must carry ('none': auth_resource)"},
+    )
+    """A value the JWT's ``aud`` claim must contain. Default: ``auth_resource`` (RFC 8707:
+    tokens are issued for this server's URL)."""
+
+    auth_resource: str | None = attrs.field(
+        default=None,
+        validator=_optional_text,
+        metadata={HELP: "this server's MCP URL as clients use it ('none': http://HOST:PORT/mcp)"},
+    )
+    """This server's MCP endpoint URL, as clients name it: the ``resource`` of the
+    protected-resource metadata and the default JWT audience. Default: the bound address,
+    ``http://HOST:PORT/mcp``; behind a proxy, set the public URL."""
+
+    auth_scopes: tuple[str, ...] = attrs.field(
+        default=(),
+        converter=_to_tuple,
+        validator=_scope_list,
+        metadata={HELP: "scopes every bearer token must carry, comma-separated (else 403)"},
+    )
+    """Scopes every token must carry; a valid token without them gets 403
+    (``insufficient_scope``)."""
+
+    auth_authorization_servers: tuple[str, ...] = attrs.field(
+        default=(),
+        converter=_to_tuple,
+        validator=_origins,
+        metadata={HELP: "authorization servers the metadata names ('none': auth_issuer)"},
+    )
+    """Authorization servers listed in the protected-resource metadata, where clients get
+    tokens. Default: ``auth_issuer``."""
+
+    auth_leeway: float = attrs.field(
+        default=10.0,
+        validator=seconds,
+        metadata={HELP: "seconds of clock skew allowed for a JWT's exp and nbf"},
+    )
+    """Clock skew tolerated when checking a JWT's ``exp`` and ``nbf``."""
+
+    auth_anonymous: bool = attrs.field(
+        default=False,
+        validator=_flag,
+        metadata={HELP: "with auth on, also serve requests without a token (as anonymous)"},
+    )
+    """With authentication on, also serve requests that carry no token, as the anonymous
+    principal: they open sessions of their own, which no token holder can use, and cannot
+    use any token holder's (anonymous ``initialize`` is bounded as without authentication). A
+    request with an invalid token is always 401."""
+
     engine: EngineConfig = attrs.field(factory=_default_engine)
     """The embedded engine's configuration. Its ``storage_dir`` defaults to
     :data:`DEFAULT_STORAGE_DIR` (``./sessions``) here, not ``None``, and its ``max_sessions``
@@ -225,6 +332,8 @@ class ServerConfig:
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.engine, EngineConfig):
             raise ConfigError("engine", f"must be an EngineConfig, got {self.engine!r}")
+        if self.auth_jwt_keys is not None and self.auth_issuer is None:
+            raise ConfigError("auth_issuer", "required with auth_jwt_keys (the tokens' iss)")
         if self.max_buffered_bytes < self.max_body_bytes:
             raise ConfigError(
                 "max_buffered_bytes",
@@ -284,6 +393,8 @@ class Setting:
         value = self.default
         if value is None or value == ():
             return "none"
+        if isinstance(value, bool):
+            return "true" if value else "false"
         if isinstance(value, tuple):
             return ",".join(value)
         if isinstance(value, float) and value.is_integer():
