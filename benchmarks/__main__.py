@@ -24,6 +24,7 @@ WORKLOADS = (
     "scale",
     "durable_creates",
     "owner_check",
+    "server_load",
 )
 
 

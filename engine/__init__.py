@@ -9,6 +9,7 @@ from ._config import EngineConfig as EngineConfig
 from ._engine import Engine as Engine
 from ._engine import SessionInfo as SessionInfo
 from ._engine import Statistics as Statistics
+from ._errors import CapacityError as CapacityError
 from ._errors import ConfigError as ConfigError
 from ._errors import EngineClosedError as EngineClosedError
 from ._errors import EngineError as EngineError
@@ -43,6 +44,7 @@ from .storage import WriteBatch as WriteBatch
 
 __all__ = [
     "FORMAT_VERSION",
+    "CapacityError",
     "ConfigError",
     "ConnectionConfig",
     "DirectoryStore",

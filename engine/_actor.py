@@ -36,7 +36,13 @@ from ._codec import Codec
 from ._config import EngineConfig
 from ._core import Cause, SessionTable
 from ._engine import SessionInfo, Statistics
-from ._errors import EngineClosedError, OwnerLimitError, SessionOwnedError, StorageError
+from ._errors import (
+    CapacityError,
+    EngineClosedError,
+    OwnerLimitError,
+    SessionOwnedError,
+    StorageError,
+)
 from ._writer import Notify, Waiter, Writer
 from .storage import Principal, Store, StoredSession
 
@@ -84,6 +90,7 @@ class Actor(Generic[P]):
             encode=codec.encode_session if store is not None else None,
             delete_expired=store is None or not store.expires_keys,
             evict_to_storage=store is not None and not store.preloads,
+            evict_idle_after=config.evict_idle_after,
         )
         self.send, self._receive = trio.open_memory_channel[Call](config.queue_size)
         """The request channel: callers send on it (:func:`~engine._calls.request`)."""
@@ -198,6 +205,7 @@ class Actor(Generic[P]):
             persists={cause.value: n for cause, n in core.persists.items()},
             expired=core.expired,
             evicted=core.evicted,
+            refused=core.refused,
             storage_writes=writer.writes if writer else 0,
             storage_errors=core.encode_errors + (writer.errors if writer else 0),
             pending_writes=(len(writer.pending) + len(writer.in_flight)) if writer else 0,
@@ -266,8 +274,8 @@ class Actor(Generic[P]):
         elif kind is CREATE:
             try:
                 core.create(call.session_id, cast(P, call.arg), now, call.owner)
-            except (SessionOwnedError, OwnerLimitError) as refused:
-                call.fail(refused)
+            except (SessionOwnedError, OwnerLimitError, CapacityError) as refused:
+                call.fail(refused)  # nothing was applied
                 return
             self._reply_when_durable(call)
         elif kind is DELETE:

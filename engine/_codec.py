@@ -145,5 +145,14 @@ _KEPT_TYPES: Final = (bytes, bytearray, memoryview)
 
 def _builtins(value: object) -> object:
     """*value* as plain Python values with bytes and dict keys kept as they are, so that two
-    payloads compare equal exactly when they encode and decode to the same thing."""
-    return msgspec.to_builtins(value, builtin_types=_KEPT_TYPES, str_keys=False)
+    payloads compare equal exactly when they encode and decode to the same thing. A
+    ``msgspec.Raw`` (JSON text kept as is) compares by its bytes."""
+    return msgspec.to_builtins(
+        value, builtin_types=_KEPT_TYPES, str_keys=False, enc_hook=_raw_bytes
+    )
+
+
+def _raw_bytes(value: object) -> object:
+    if isinstance(value, msgspec.Raw):
+        return bytes(value)
+    raise TypeError(f"Encoding objects of type {type(value).__qualname__} is unsupported")

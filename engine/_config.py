@@ -33,6 +33,7 @@ __all__ = [
     "Validator",
     "env_values",
     "integer",
+    "non_negative_seconds",
     "optional",
     "seconds",
     "structure_fields",
@@ -54,6 +55,14 @@ def seconds(instance: object, attribute: attrs.Attribute[Any], value: object) ->
         raise ConfigError(attribute.name, f"must be a number of seconds, got {value!r}")
     if not math.isfinite(value) or value <= 0:
         raise ConfigError(attribute.name, f"must be a finite number > 0, got {value!r}")
+
+
+def non_negative_seconds(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    """A duration that may be zero: a finite number of seconds >= 0 (int or float, not bool)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(attribute.name, f"must be a number of seconds, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(attribute.name, f"must be a finite number >= 0, got {value!r}")
 
 
 def integer(minimum: int, maximum: int | None = None) -> Validator:
@@ -178,8 +187,24 @@ class EngineConfig:
         validator=optional(integer(1)),
         metadata={HELP: "bound on live sessions ('none': no bound)"},
     )
-    """Bound on live sessions. At the bound, a create evicts the least recently accessed session
-    (deleted from memory and storage, counted as evicted). ``None``: no bound."""
+    """Bound on live sessions. At the bound, a create of a new id evicts the least recently
+    accessed session (deleted from memory and storage, counted as evicted) if it has been idle
+    for at least ``evict_idle_after`` seconds; otherwise the create raises
+    :class:`~engine.CapacityError` and changes nothing. ``None``: no bound."""
+
+    evict_idle_after: float = attrs.field(
+        default=600.0,
+        validator=non_negative_seconds,
+        metadata={
+            HELP: "at max_sessions, evict only sessions idle this many seconds (else refuse)"
+        },
+    )
+    """What "in active use" means at ``max_sessions``: a session accessed (created or touched)
+    within the last ``evict_idle_after`` seconds is never evicted to make room; a create that
+    would need to evict one is refused with :class:`~engine.CapacityError` instead, so a flood
+    of new sessions cannot log out the clients using the engine. ``0`` evicts the least
+    recently accessed session whatever its age. Stores that load on a miss (memory is a cache
+    of storage there) evict whatever the age: their evicted sessions stay in storage."""
 
     max_sessions_per_owner: int | None = attrs.field(
         default=None,

@@ -22,7 +22,7 @@ from typing import Final, Generic, Protocol, TypeVar, final
 
 import msgspec
 
-from ._errors import OwnerLimitError, SessionOwnedError
+from ._errors import CapacityError, OwnerLimitError, SessionOwnedError
 from .storage import Principal, Put
 
 __all__ = [
@@ -134,7 +134,10 @@ class SessionTable(Generic[P]):
     cache of storage). *delete_expired*: issue storage deletes for sessions that
     expire (false for backends that expire keys themselves). *max_sessions_per_owner*: refuse
     a create that would give one owner more live sessions (sessions without an owner are not
-    counted).
+    counted). *evict_idle_after*: at the bound, only a session idle at least this long may be
+    evicted (deleted); a create that would need to evict a more recent one raises
+    :class:`~engine.CapacityError` (not with *evict_to_storage*, where eviction deletes
+    nothing).
 
     Ownership: a session created with an owner answers only calls that pass an equal owner;
     a session without one answers only calls without one. Any other call sees the id as
@@ -154,6 +157,7 @@ class SessionTable(Generic[P]):
         delete_expired: bool = True,
         evict_to_storage: bool = False,
         max_sessions_per_owner: int | None = None,
+        evict_idle_after: float = 0.0,
     ) -> None:
         self.ttl = ttl
         self.persist_requests = persist_requests
@@ -163,6 +167,7 @@ class SessionTable(Generic[P]):
         self._encode = encode
         self._delete_expired = delete_expired and encode is not None
         self._evict_to_storage = evict_to_storage
+        self._evict_idle_after = 0.0 if evict_to_storage else evict_idle_after
         self.sessions: dict[str, Entry[P]] = {}
         self.dirty: dict[str, None] = {}
         """Ids touched since their last persist, oldest first (an ordered set)."""
@@ -176,6 +181,8 @@ class SessionTable(Generic[P]):
         self.persists: dict[Cause, int] = dict.fromkeys(Cause, 0)
         self.expired = 0
         self.evicted = 0
+        self.refused = 0
+        """Creates refused at the bound (:class:`~engine.CapacityError`)."""
         self.encode_errors = 0
         self.owners: dict[Principal, OwnerSlot] = {}
         """Live sessions per owner (owners with none are removed)."""
@@ -194,13 +201,23 @@ class SessionTable(Generic[P]):
         """Create *session_id* owned by *owner*, replacing a live session of that id and
         owner. Writes it at once. Raises :class:`~engine.SessionOwnedError` (nothing changes)
         if the id is live with another owner, :class:`~engine.OwnerLimitError` (nothing
-        changes) if *owner* already has ``max_sessions_per_owner`` live sessions."""
+        changes) if *owner* already has ``max_sessions_per_owner`` live sessions,
+        :class:`~engine.CapacityError` (nothing changes) if the table is at ``max_sessions`` and
+        only sessions used within ``evict_idle_after`` could make room."""
         self.applied += 1
         live = self._live(session_id, now)
         if live is None:
             if owner is not None and self.max_sessions_per_owner is not None:
                 self._check_owner_room(owner, now)
-            self._make_room(now)
+            wait = self._make_room(now)
+            if wait is not None:
+                self.refused += 1
+                raise CapacityError(
+                    f"{len(self.sessions)} sessions, the most allowed (max_sessions), all used "
+                    f"within the last {self._evict_idle_after:g} s (evict_idle_after): "
+                    "a new session is refused rather than evicting one in use",
+                    retry_after=wait,
+                )
         elif live.owner is not owner and live.owner != owner:
             self.owner_mismatches += 1
             raise SessionOwnedError(
@@ -255,7 +272,11 @@ class SessionTable(Generic[P]):
 
     def load(self, record: SessionRecord[P], now: float) -> bool:
         """Insert a session read from storage (clean: nothing to write). Its trigger clock starts
-        now. Returns False, inserting nothing, if it has expired or the id is already live."""
+        now. Returns False, inserting nothing, if it has expired or the id is already live.
+
+        At the bound it evicts like a create; if every live session was used within
+        ``evict_idle_after``, the record is loaded over the bound all the same (a restart never
+        logs out a session in use; creates are refused until the table is back under it)."""
         session_id = record.id
         if record.expires <= now or session_id in self.sessions:
             return False
@@ -434,10 +455,12 @@ class SessionTable(Generic[P]):
         if self._delete_expired:
             self.outbox[session_id] = None
 
-    def _make_room(self, now: float) -> None:
-        """At the bound, evict the least recently accessed session (the earliest expiry)."""
+    def _make_room(self, now: float) -> float | None:
+        """At the bound, evict the least recently accessed session (the earliest expiry) if it
+        has been idle at least ``evict_idle_after``. Returns ``None`` when there is room, else
+        the seconds until the least recently accessed session may be evicted or expires."""
         if self.max_sessions is None or len(self.sessions) < self.max_sessions:
-            return
+            return None
         self.expire(now, len(self._heap))  # due sessions go first, as expired
         heap = self._heap
         while len(self.sessions) >= self.max_sessions and heap:
@@ -448,6 +471,10 @@ class SessionTable(Generic[P]):
             if entry.expires > pushed:
                 heapq.heappush(heap, (entry.expires, session_id))
                 continue
+            evictable_at = entry.last_accessed_at + self._evict_idle_after
+            if self._evict_idle_after and evictable_at > now:  # in use: so are all the others
+                heapq.heappush(heap, (pushed, session_id))
+                return min(evictable_at, entry.expires) - now
             if self._evict_to_storage:
                 if session_id in self.dirty:
                     self._persist(session_id, Cause.FLUSH, now)
@@ -455,3 +482,4 @@ class SessionTable(Generic[P]):
                 self.outbox[session_id] = None
             self._remove(session_id)
             self.evicted += 1
+        return None

@@ -61,6 +61,9 @@ class Statistics:
     """Sessions removed because their TTL ran out."""
     evicted: int
     """Sessions removed to stay within ``max_sessions``."""
+    refused: int = 0
+    """Creates refused at ``max_sessions`` (:class:`~engine.CapacityError`): every session
+    was in use (accessed within ``evict_idle_after``)."""
     storage_writes: int
     """Storage operations (puts and deletes) that completed."""
     storage_errors: int
@@ -124,6 +127,9 @@ class Engine(Generic[P]):
         :class:`~engine.SessionOwnedError` if the id is live with another owner, and
         :class:`~engine.OwnerLimitError` if *owner* already has ``max_sessions_per_owner``
         live sessions (nothing is applied or evicted);
+        :class:`~engine.CapacityError` if the engine holds ``max_sessions`` sessions and none
+        has been idle for ``evict_idle_after`` (nothing is applied; its ``retry_after`` says
+        when one may be);
         :class:`~engine.StorageError` if the write failed (the session is live in memory and the
         write is retried). Checkpoint. Cancel-safe until applied; cancelled while waiting for
         durability, the session stays created and its write continues. After close:

@@ -2,7 +2,8 @@
 
 Every error the engine raises on purpose derives from :class:`EngineError`, and each also
 derives from the builtin family a caller would naturally catch (``ValueError`` for bad input,
-``trio.ClosedResourceError`` for use after close, ``OSError`` for storage trouble).
+``trio.ClosedResourceError`` for use after close, ``OSError`` for storage trouble,
+``RuntimeError`` for a create refused at ``max_sessions``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import final
 import trio
 
 __all__ = [
+    "CapacityError",
     "ConfigError",
     "EngineClosedError",
     "EngineError",
@@ -62,6 +64,20 @@ class ConfigError(EngineError, ValueError):
         super().__init__(f"{field}: {message}")
         self.field = field
         """Name of the offending :class:`~engine.EngineConfig` field."""
+
+
+@final
+class CapacityError(EngineError, RuntimeError):
+    """A create of a new session was refused: the engine holds ``max_sessions`` sessions and
+    none of them has been idle for ``evict_idle_after`` seconds, so none may be evicted
+    (evicting a session in active use would log its client out). Nothing was applied; try
+    again later."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        """Seconds until a session may be evicted or expires (if nothing is touched meanwhile):
+        the earliest moment a create can succeed without a delete."""
 
 
 @final

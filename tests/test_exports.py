@@ -12,6 +12,7 @@ import pytest
 
 PUBLIC: dict[str, set[str]] = {
     "engine": {
+        "CapacityError",
         "ConfigError",
         "ConnectionConfig",
         "DirectoryStore",

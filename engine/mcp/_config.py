@@ -9,6 +9,7 @@ the sources are merged, and the classes are built once, so their validators name
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -30,6 +31,7 @@ from .._config import (
 from .._errors import ConfigError
 
 __all__ = [
+    "DEFAULT_MAX_SESSIONS",
     "DEFAULT_STORAGE_DIR",
     "MAX_PORT",
     "ServerConfig",
@@ -40,6 +42,11 @@ __all__ = [
 
 DEFAULT_STORAGE_DIR: Final = Path("sessions")
 """Where ``serve`` keeps sessions when no source sets ``storage_dir``."""
+
+DEFAULT_MAX_SESSIONS: Final = 100_000
+"""The server's bound on live sessions when no source sets ``max_sessions`` (the engine alone
+has none). With ``max_client_data_bytes`` it bounds what clients can make the server hold: about
+100,000 x (4 KiB + 0.5 KiB) = 450 MiB at most, typically a tenth of that."""
 
 MAX_PORT: Final = 65535
 
@@ -57,6 +64,13 @@ def _host(instance: object, attribute: attrs.Attribute[Any], value: object) -> N
 def _origins(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if not isinstance(value, tuple) or not all(isinstance(v, str) and v for v in value):
         raise ConfigError(attribute.name, f"must be a list of origins, got {value!r}")
+
+
+def _rate(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(attribute.name, f"must be a number, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(attribute.name, f"must be a finite number >= 0, got {value!r}")
 
 
 def _to_tuple(value: object) -> object:
@@ -96,7 +110,7 @@ def _flag(instance: object, attribute: attrs.Attribute[Any], value: object) -> N
 
 
 def _default_engine() -> EngineConfig:
-    return EngineConfig(storage_dir=DEFAULT_STORAGE_DIR)
+    return EngineConfig(storage_dir=DEFAULT_STORAGE_DIR, max_sessions=DEFAULT_MAX_SESSIONS)
 
 
 @final
@@ -194,6 +208,34 @@ class ServerConfig:
     )
     """At shutdown, how long in-flight requests may take before they are cancelled."""
 
+    max_client_data_bytes: int = attrs.field(
+        default=4096,
+        validator=integer(2),
+        metadata={HELP: "bytes of clientInfo and capabilities one session may store"},
+    )
+    """Most bytes a session stores from its client: the JSON of ``capabilities`` plus the
+    UTF-8 of ``clientInfo.name`` and ``clientInfo.version``, as sent in ``initialize``. More
+    gets 400 (JSON-RPC -32602) and no session. Real clients send a few hundred bytes."""
+
+    new_session_rate: float = attrs.field(
+        default=5.0,
+        validator=_rate,
+        metadata={HELP: "new sessions per second per client address (0: no limit)"},
+    )
+    """Rate at which one client address (an IPv6 address by its /64 prefix) may create
+    sessions, as a token bucket of ``new_session_burst`` tokens refilled at this many per
+    second. An ``initialize`` over it gets 429 with ``Retry-After``. ``0`` turns it off. Behind
+    a reverse proxy every client has the proxy's address: limit there, and set this to 0 or
+    high enough for all clients together."""
+
+    new_session_burst: int = attrs.field(
+        default=20,
+        validator=integer(1),
+        metadata={HELP: "new sessions one client address may create at once"},
+    )
+    """Size of each address's token bucket: how many sessions an address may create at once
+    before ``new_session_rate`` applies."""
+
     allowed_origins: tuple[str, ...] = attrs.field(
         default=(),
         converter=_to_tuple,
@@ -284,7 +326,8 @@ class ServerConfig:
 
     engine: EngineConfig = attrs.field(factory=_default_engine)
     """The embedded engine's configuration. Its ``storage_dir`` defaults to
-    :data:`DEFAULT_STORAGE_DIR` (``./sessions``) here, not ``None``."""
+    :data:`DEFAULT_STORAGE_DIR` (``./sessions``) here, not ``None``, and its ``max_sessions``
+    to :data:`DEFAULT_MAX_SESSIONS`, not ``None``."""
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.engine, EngineConfig):
@@ -423,7 +466,8 @@ class _Layers:
         return self
 
     def build(self) -> ServerConfig:
-        engine = EngineConfig(**{"storage_dir": DEFAULT_STORAGE_DIR, **self.engine})
+        defaults = {"storage_dir": DEFAULT_STORAGE_DIR, "max_sessions": DEFAULT_MAX_SESSIONS}
+        engine = EngineConfig(**{**defaults, **self.engine})
         return ServerConfig(engine=engine, **self.server)
 
 
@@ -449,7 +493,8 @@ def load_server_config(
     environment), the environment (``ENGINE_<FIELD>`` for any server or engine field) and
     *flags* (field name to string value, as typed on the command line).
 
-    ``storage_dir`` defaults to ``./sessions``; set it to ``none`` for memory only. Raises
+    ``storage_dir`` defaults to ``./sessions`` (set it to ``none`` for memory only) and
+    ``max_sessions`` to :data:`DEFAULT_MAX_SESSIONS` (``none``: no bound). Raises
     :class:`~engine.ConfigError` naming the field (or the file) on any invalid value.
     """
     env = os.environ if environ is None else environ

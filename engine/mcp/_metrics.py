@@ -33,6 +33,10 @@ class Metrics:
         self.sessions_created = 0
         self.sessions_deleted = 0
         self.sessions_not_found = 0
+        self.sessions_refused: defaultdict[str, int] = defaultdict(int)
+        """``initialize`` requests refused, by reason: ``too_large`` (clientInfo and
+        capabilities over ``max_client_data_bytes``), ``rate_limited`` (429), ``capacity``
+        (503 at ``max_sessions``)."""
         self.connections_open = 0
         """Client connections open now (kept by :func:`~engine.mcp.serve_app`)."""
         self.buffered_bytes = 0
@@ -157,6 +161,15 @@ class Metrics:
         metric("engine_persists_total", "counter", "Session records written, by cause.")
         for cause, n in sorted(stats.persists.items()):
             lines.append(f'engine_persists_total{{cause="{cause}"}} {n}')
+
+        metric(
+            "engine_sessions_refused_total",
+            "counter",
+            "initialize requests refused, by reason (too_large, rate_limited, capacity).",
+        )
+        for reason in ("too_large", "rate_limited", "capacity"):
+            n = self.sessions_refused.get(reason, 0)
+            lines.append(f'engine_sessions_refused_total{{reason="{reason}"}} {n}')
 
         metric(
             "engine_owner_live_sessions",

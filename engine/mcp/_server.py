@@ -26,6 +26,7 @@ finish (``graceful_timeout``), closes the engine (final flush) and returns.
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -50,6 +51,7 @@ if TYPE_CHECKING:  # hypercorn is imported when serving, not by ``import engine`
 
 from .._engine import Statistics
 from .._errors import (
+    CapacityError,
     EngineClosedError,
     InvalidSessionIdError,
     OwnerLimitError,
@@ -79,6 +81,7 @@ from ._protocol import (
     is_modern_request,
     message_problem,
 )
+from ._ratelimit import SessionRateLimiter, address_key
 from ._session import McpSession, TagFilterError, connection_from_query
 from ._tools import ToolCallError, call_tool, list_tools
 
@@ -319,6 +322,9 @@ class McpApp:
         self.max_buffered = config.max_buffered_bytes
         self.allowed_origins = frozenset(config.allowed_origins)
         self.retry_after = b"%d" % max(1, round(config.engine.retry_interval))
+        self.max_client_data = config.max_client_data_bytes
+        self.new_sessions = SessionRateLimiter(config.new_session_rate, config.new_session_burst)
+        """Token buckets of new sessions per client address (``new_session_rate``)."""
         self._locks = _SessionLocks()
 
     async def __call__(
@@ -653,13 +659,15 @@ class McpApp:
                 return _json_error(503, SERVER_BUSY, "Server shutting down", request_id)
             except OwnerLimitError:  # it expired meanwhile, and its owner is at the bound
                 return self._over_owner_limit(request_id)
+            except CapacityError as exc:  # it expired meanwhile, and the server is full
+                return self._at_capacity(exc, request_id)
             except StorageError as exc:
                 # Not durable: put the old payload back, so the failed call has no effect (its
                 # write is replaced by this one in the writer's queue), and say so.
                 log.warning("session %s: tool write failed: %s", fingerprint(session_id), exc)
                 with (
                     trio.CancelScope(shield=True),
-                    suppress(StorageError, EngineClosedError, OwnerLimitError),
+                    suppress(StorageError, EngineClosedError, OwnerLimitError, CapacityError),
                 ):
                     await self.sessions.create(session_id, session, owner=principal)
                 response = _json_error(
@@ -668,6 +676,19 @@ class McpApp:
                 response.headers.append((b"retry-after", self.retry_after))
                 return response
         return _Response(200, _result_body(request_id, outcome.result))
+
+    def _at_capacity(self, exc: CapacityError, request_id: object) -> _Response:
+        """503 with ``Retry-After``: the engine holds ``max_sessions`` sessions, all in use."""
+        self.metrics.sessions_refused["capacity"] += 1
+        response = _json_error(
+            503,
+            SERVER_BUSY,
+            "Server busy: it holds as many sessions as it may (max_sessions), all in use",
+            request_id,
+        )
+        retry = SessionRateLimiter.retry_after(exc.retry_after)
+        response.headers.append((b"retry-after", b"%d" % retry))
+        return response
 
     def _over_owner_limit(self, request_id: object) -> _Response:
         return _json_error(
@@ -700,6 +721,32 @@ class McpApp:
             connection = connection_from_query(query)
         except (TagFilterError, ValueError) as exc:
             return _json_error(400, INVALID_PARAMS, f"Invalid tag filter: {exc}", request_id)
+        client = params.client_info
+        try:
+            capabilities = msgspec.Raw(_encoder.encode(params.capabilities))
+            size = len(capabilities) + len(_encoder.encode((client.name, client.version)))
+        except (TypeError, ValueError, RecursionError) as exc:  # lone surrogates, too deep
+            why = f"Invalid initialize params: cannot store them: {exc}"
+            return _json_error(400, INVALID_PARAMS, why, request_id)
+        if size > self.max_client_data:
+            self.metrics.sessions_refused["too_large"] += 1
+            why = (
+                f"Invalid initialize params: clientInfo and capabilities take {size} bytes; a "
+                f"session stores at most {self.max_client_data} (max_client_data_bytes)"
+            )
+            return _json_error(400, INVALID_PARAMS, why, request_id)
+        wait = self.new_sessions.take(address_key(scope.get("client")), trio.current_time())
+        if wait:
+            self.metrics.sessions_refused["rate_limited"] += 1
+            response = _json_error(
+                429,
+                SERVER_BUSY,
+                "Too Many Requests: this address creates sessions too fast (new_session_rate)",
+                request_id,
+            )
+            retry = SessionRateLimiter.retry_after(wait)
+            response.headers.append((b"retry-after", b"%d" % retry))
+            return response
         version = (
             params.protocol_version
             if params.protocol_version in SUPPORTED_PROTOCOL_VERSIONS
@@ -708,9 +755,9 @@ class McpApp:
         session_id = new_session_id()
         payload = McpSession(
             protocol_version=version,
-            client_name=params.client_info.name,
-            client_version=params.client_info.version,
-            client_capabilities=params.capabilities,
+            client_name=client.name,
+            client_version=client.version,
+            client_capabilities=capabilities,
             connection=connection,
         )
         try:
@@ -720,6 +767,8 @@ class McpApp:
         except PayloadError as exc:  # too large or too deep to store: the client's doing
             why = f"Invalid initialize params: cannot store them: {exc}"
             return _json_error(400, INVALID_PARAMS, why, request_id)
+        except CapacityError as exc:  # every session is in use: refuse, never log one out
+            return self._at_capacity(exc, request_id)
         except EngineClosedError:
             return _json_error(503, SERVER_BUSY, "Server shutting down", request_id)
         except StorageError as exc:
@@ -792,14 +841,21 @@ async def serve(
 
     Prints ``engine: serving on <url>`` to *announce* (if given) once listening, and reports
     the bound addresses through *task_status*. Must run in the main thread (it installs
-    signal handlers). Raises :class:`~engine.StorageLockedError` if another
-    engine holds the storage folder. Checkpoint; cancelling it stops the server at once, but the
-    engine's final flush still runs (shielded).
+    signal handlers). Once the sessions are loaded it runs a full garbage collection and
+    freezes what survives (``gc.freeze()``: process-wide, for the life of the process).
+    Raises :class:`~engine.StorageLockedError` if another engine holds the storage folder.
+    Checkpoint; cancelling it stops the server at once, but the engine's final flush still
+    runs (shielded).
     """
     ensure_file_limit(config.max_connections)  # before loading sessions: fail fast
     auth = Authenticator(config)  # a credentials file it cannot use: fail fast too
     metrics = Metrics()
     async with open_engine(config.engine, payload_type=McpSession) as engine:
+        # What exists now (modules, the loaded sessions' tables) lives as long as the server:
+        # move it out of the collector's generations, so that a full collection walks only what
+        # was allocated since, instead of everything (it stalls every request while it runs).
+        gc.collect()
+        gc.freeze()
         app = McpApp(
             engine,
             config,

@@ -590,3 +590,28 @@ def test_the_debug_log_names_principals_by_fingerprint_only(tmp_path: Path, keys
     assert principal is not None
     assert len(lines) == 1 and lines[0].endswith(f" owner {principal.fingerprint()}")
     assert "alice" not in err and ISSUER not in err
+
+
+async def test_anonymous_initialize_stays_rate_limited_per_address(
+    tmp_path: Path, keys: Keys
+) -> None:
+    """With authentication on and anonymous access allowed, anonymous ``initialize`` requests
+    from one address are still limited to the burst (then 429 with Retry-After), and nothing
+    is stored for the refused ones."""
+    settings = {
+        "auth_jwt_keys": keys.jwks,
+        "auth_issuer": ISSUER,
+        "auth_anonymous": True,
+        "new_session_burst": 3,
+        "new_session_rate": 0.001,
+    }
+    async with app_client(tmp_path, **settings) as (client, engine):
+        statuses = []
+        for _ in range(6):
+            r = await client.post("/mcp", json=initialize_body(), headers=HEADERS)
+            statuses.append(r.status_code)
+            if r.status_code == 429:
+                assert int(r.headers["retry-after"]) >= 1
+                assert "mcp-session-id" not in r.headers
+        assert statuses == [200, 200, 200, 429, 429, 429]
+        assert engine.statistics().live_sessions == 3
