@@ -18,6 +18,7 @@ is put back in memory and written back to storage, and the call raises
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 from collections.abc import Callable
@@ -45,11 +46,17 @@ from ._codec import Codec
 from ._config import EngineConfig
 from ._core import Cause, Entry, SessionTable
 from ._engine import SessionInfo, Statistics
-from ._errors import EngineClosedError, StorageError
+from ._errors import (
+    CapacityError,
+    EngineClosedError,
+    OwnerLimitError,
+    SessionOwnedError,
+    StorageError,
+)
 from ._faults import LogLimiter, error_kind, suppressed_note
 from ._ids import fingerprint
 from ._writer import Notify, Waiter, Writer
-from .storage import Store, StoredSession
+from .storage import Principal, Store, StoredSession
 
 __all__ = ["CHUNK", "CLOSE_ATTEMPTS", "LOST_IDS_LOGGED", "Actor"]
 
@@ -153,9 +160,11 @@ class Actor(Generic[P]):
             persist_requests=config.persist_requests,
             persist_interval=config.persist_interval,
             max_sessions=config.max_sessions,
+            max_sessions_per_owner=config.max_sessions_per_owner,
             encode=codec.encode_session if store is not None else None,
             delete_expired=store is None or not store.expires_keys,
             evict_to_storage=store is not None and not store.preloads,
+            evict_idle_after=config.evict_idle_after,
         )
         self.send, self._receive = trio.open_memory_channel[Call](config.queue_size)
         """The request channel: callers send on it (:func:`~engine._calls.request`)."""
@@ -304,13 +313,24 @@ class Actor(Generic[P]):
             persists={cause.value: n for cause, n in core.persists.items()},
             expired=core.expired,
             evicted=core.evicted,
+            refused=core.refused,
             storage_writes=writer.writes if writer else 0,
             storage_errors=core.encode_errors + (writer.errors if writer else 0),
             pending_writes=(len(writer.pending) + len(writer.in_flight)) if writer else 0,
             queue_high_water=self._high_water,
             requests=core.applied,
             lost_at_close=self.lost_at_close,
+            owners=len(core.owners),
+            owner_mismatches=core.owner_mismatches,
+            owner_refusals=core.owner_refusals,
         )
+
+    def sessions_by_owner(self, limit: int | None = None) -> list[tuple[Principal, int]]:
+        """Owners by live sessions, most first (see :meth:`Engine.sessions_by_owner`)."""
+        counts = ((slot.principal, slot.count) for slot in self.core.owners.values())
+        if limit is None:
+            return sorted(counts, key=_by_count, reverse=True)
+        return heapq.nlargest(limit, counts, key=_by_count)
 
     # -- the actor task -----------------------------------------------------------------------
 
@@ -355,35 +375,44 @@ class Actor(Generic[P]):
             return
         core = self.core
         if kind is GET_AND_TOUCH:
-            call.reply(core.get_and_touch(call.session_id, now))
+            call.reply(core.get_and_touch(call.session_id, now, call.owner))
         elif kind is GET:
-            call.reply(core.get(call.session_id, now))
+            call.reply(core.get(call.session_id, now, call.owner))
         elif kind is TOUCH:
-            call.reply(core.touch(call.session_id, now))
+            call.reply(core.touch(call.session_id, now, call.owner))
         elif kind is CREATE:
-            before = core.create(call.session_id, cast(P, call.arg), now)
+            try:
+                before = core.create(call.session_id, cast(P, call.arg), now, call.owner)
+            except (SessionOwnedError, OwnerLimitError, CapacityError) as refused:
+                call.fail(refused)  # nothing was applied
+                return
             self._reply_when_durable(call, before)
         elif kind is REPLACE:
-            before = core.replace(call.session_id, cast(P, call.arg), now)
+            before = core.replace(call.session_id, cast(P, call.arg), now, call.owner)
             call.result = before is not None
             if before is None:
                 call.reply(False)
             else:
                 self._reply_when_durable(call, before)
         elif kind is DELETE:
-            before = core.delete(call.session_id, now)
+            before = core.delete(call.session_id, now, call.owner)
             call.result = before is not None
             if before is None:
                 call.reply(False)
             else:
                 self._reply_when_durable(call, before)
         elif kind is INFO:
-            e = core.entry(call.session_id, now)
+            e = core.entry(call.session_id, now, call.owner)
             call.reply(
                 None
                 if e is None
                 else SessionInfo(
-                    call.session_id, e.payload, e.created_at, e.last_accessed_at, e.expires
+                    call.session_id,
+                    e.payload,
+                    e.created_at,
+                    e.last_accessed_at,
+                    e.expires,
+                    e.owner,
                 )
             )
         elif kind is FLUSH:
@@ -559,7 +588,7 @@ class Actor(Generic[P]):
             self.core.load(record, now)
         resident = error is None
         for call in calls:
-            resident = resident or not call.kind.reads_session  # a create needs no load
+            resident = resident or not call.kind.reads_session
             if resident:
                 self._apply(call, now, resident=True)
             else:
@@ -569,3 +598,7 @@ class Actor(Generic[P]):
                 call.fail(failure)
         self._submit()
         self._load_lot.unpark_all()
+
+
+def _by_count(item: tuple[Principal, int]) -> int:
+    return item[1]

@@ -22,6 +22,7 @@ import attrs
 import cattrs
 
 from ._errors import ConfigError
+from .storage import DEFAULT_STORE, STORE_KINDS, StoreKind
 
 __all__ = [
     "NONE_WORDS",
@@ -32,6 +33,7 @@ __all__ = [
     "Validator",
     "env_values",
     "integer",
+    "non_negative_seconds",
     "optional",
     "seconds",
     "structure_fields",
@@ -55,6 +57,14 @@ def seconds(instance: object, attribute: attrs.Attribute[Any], value: object) ->
         raise ConfigError(attribute.name, f"must be a finite number > 0, got {value!r}")
 
 
+def non_negative_seconds(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    """A duration that may be zero: a finite number of seconds >= 0 (int or float, not bool)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(attribute.name, f"must be a number of seconds, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(attribute.name, f"must be a finite number >= 0, got {value!r}")
+
+
 def integer(minimum: int, maximum: int | None = None) -> Validator:
     """An integer (not bool) from *minimum* to *maximum* (inclusive; no upper bound if None)."""
 
@@ -67,6 +77,16 @@ def integer(minimum: int, maximum: int | None = None) -> Validator:
             )
         if value < minimum:
             raise ConfigError(attribute.name, f"must be >= {minimum}, got {value!r}")
+
+    return check
+
+
+def _choice(values: tuple[str, ...]) -> Validator:
+    """One of *values*."""
+
+    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if value not in values:
+            raise ConfigError(attribute.name, f"must be one of {', '.join(values)}, got {value!r}")
 
     return check
 
@@ -114,8 +134,24 @@ class EngineConfig:
         validator=_path_or_none,
         metadata={HELP: "session folder ('none': memory only)"},
     )
-    """Folder holding one file per session; ``None`` keeps sessions in memory only (nothing
-    touches disk and no dirty state is kept)."""
+    """Folder holding the sessions (see :attr:`store`); ``None`` keeps sessions in memory only
+    (nothing touches disk and no dirty state is kept)."""
+
+    store: StoreKind | None = attrs.field(
+        default=None,
+        validator=optional(_choice(STORE_KINDS)),
+        metadata={
+            HELP: "store in storage_dir: journal or directory (default: the one the folder "
+            f"holds; a new folder gets the {DEFAULT_STORE} store)"
+        },
+    )
+    """Which store keeps the sessions in :attr:`storage_dir`: ``"journal"`` (an append-only
+    journal, one fsync per batch of writes, compacted in the background) or ``"directory"`` (one
+    file per session). ``None`` (the default): the store the folder already holds, so a folder
+    written by either keeps opening with it; a new or empty folder gets the
+    :data:`~engine.storage.DEFAULT_STORE` (the journal; docs/design.md says why). A folder that
+    holds the other store than the one named is refused at open (migrate it:
+    ``python -m engine migrate``)."""
 
     ttl: float = attrs.field(
         default=24 * 3600.0,
@@ -151,8 +187,34 @@ class EngineConfig:
         validator=optional(integer(1)),
         metadata={HELP: "bound on live sessions ('none': no bound)"},
     )
-    """Bound on live sessions. At the bound, a create evicts the least recently accessed session
-    (deleted from memory and storage, counted as evicted). ``None``: no bound."""
+    """Bound on live sessions. At the bound, a create of a new id evicts the least recently
+    accessed session (deleted from memory and storage, counted as evicted) if it has been idle
+    for at least ``evict_idle_after`` seconds; otherwise the create raises
+    :class:`~engine.CapacityError` and changes nothing. ``None``: no bound."""
+
+    evict_idle_after: float = attrs.field(
+        default=600.0,
+        validator=non_negative_seconds,
+        metadata={
+            HELP: "at max_sessions, evict only sessions idle this many seconds (else refuse)"
+        },
+    )
+    """What "in active use" means at ``max_sessions``: a session accessed (created or touched)
+    within the last ``evict_idle_after`` seconds is never evicted to make room; a create that
+    would need to evict one is refused with :class:`~engine.CapacityError` instead, so a flood
+    of new sessions cannot log out the clients using the engine. ``0`` evicts the least
+    recently accessed session whatever its age. Stores that load on a miss (memory is a cache
+    of storage there) evict whatever the age: their evicted sessions stay in storage."""
+
+    max_sessions_per_owner: int | None = attrs.field(
+        default=None,
+        validator=optional(integer(1)),
+        metadata={HELP: "bound on one owner's live sessions ('none': no bound)"},
+    )
+    """Bound on the live sessions of one owner (a :class:`~engine.Principal`). At the bound,
+    the owner's next create of a new id is refused with :class:`~engine.OwnerLimitError`
+    (nothing is evicted); sessions without an owner are not counted. Lowering it never removes
+    sessions: creates are refused until the owner is under it. ``None``: no bound."""
 
     queue_size: int = attrs.field(
         default=1024,
@@ -275,6 +337,16 @@ def _typed_str(value: object, _: object) -> str:
     return value
 
 
+def _typed_optional_str(value: object, t: object) -> str | None:
+    return None if value is None else _typed_str(value, t)
+
+
+def _typed_bool(value: object, _: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected true or false, got {value!r}")
+    return value
+
+
 def _typed_strings(value: object, t: object) -> tuple[str, ...]:
     if isinstance(value, str):  # a comma-separated list, as in the environment
         return _text_strings(value, t)
@@ -316,6 +388,24 @@ def _text_str(value: object, _: object) -> str:
     return str(value)
 
 
+def _text_optional_str(value: object, _: object) -> str | None:
+    text = str(value)
+    return None if text.strip().lower() in NONE_WORDS else text
+
+
+TRUE_WORDS: Final = frozenset({"true", "yes", "on", "1"})
+FALSE_WORDS: Final = frozenset({"false", "no", "off", "0"})
+
+
+def _text_bool(value: object, _: object) -> bool:
+    text = str(value).strip().lower()
+    if text in TRUE_WORDS:
+        return True
+    if text in FALSE_WORDS:
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
 def _text_strings(value: object, _: object) -> tuple[str, ...]:
     return tuple(item.strip() for item in str(value).split(",") if item.strip())
 
@@ -324,32 +414,73 @@ def _text_path(value: object, _: object) -> Path | None:
     return None if str(value).strip().lower() in NONE_WORDS else Path(str(value))
 
 
+def _typed_store(value: object, _: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"expected a store name, got {value!r}")
+    return value  # checked against the names by the validator
+
+
+def _text_store(value: object, _: object) -> str | None:
+    text = str(value).strip()
+    return None if text.lower() in NONE_WORDS else text
+
+
 def _converter(
-    number: Any, integer: Any, optional_integer: Any, text: Any, texts: Any, path: Any
+    number: Any,
+    integer: Any,
+    optional_integer: Any,
+    text: Any,
+    optional_text: Any,
+    flag: Any,
+    texts: Any,
+    path: Any,
+    store: Any,
 ) -> cattrs.Converter:
     converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=False)
     converter.register_structure_hook(float, number)
     converter.register_structure_hook(int, integer)
     converter.register_structure_hook(int | None, optional_integer)
     converter.register_structure_hook(str, text)
+    converter.register_structure_hook(str | None, optional_text)
+    converter.register_structure_hook(bool, flag)
     converter.register_structure_hook_func(lambda t: t == tuple[str, ...], texts)
     converter.register_structure_hook(Path | None, path)
+    converter.register_structure_hook_func(lambda t: t == StoreKind | None, store)
     converter.register_unstructure_hook(Path, str)
     converter.register_unstructure_hook(tuple, list)
     return converter
 
 
 TYPED: Final = _converter(
-    _typed_number, _typed_int, _typed_optional_int, _typed_str, _typed_strings, _typed_path
+    _typed_number,
+    _typed_int,
+    _typed_optional_int,
+    _typed_str,
+    _typed_optional_str,
+    _typed_bool,
+    _typed_strings,
+    _typed_path,
+    _typed_store,
 )
 """Converter for values that already have their type (mappings, TOML, JSON): numbers must be
-numbers (``ttl = "60"`` is refused), lists of strings (or one comma-separated string) become
-tuples, strings become paths."""
+numbers (``ttl = "60"`` is refused), booleans booleans, lists of strings (or one
+comma-separated string) become tuples, strings become paths."""
 
 TEXT: Final = _converter(
-    _text_number, _text_int, _text_optional_int, _text_str, _text_strings, _text_path
+    _text_number,
+    _text_int,
+    _text_optional_int,
+    _text_str,
+    _text_optional_str,
+    _text_bool,
+    _text_strings,
+    _text_path,
+    _text_store,
 )
 """Converter for text (environment variables, flags): numbers are parsed, a comma-separated list
-becomes a tuple, ``none``/``null``/empty sets an optional setting to ``None``."""
+becomes a tuple, ``true``/``false`` (``yes``/``no``, ``on``/``off``, ``1``/``0``) a bool,
+``none``/``null``/empty sets an optional setting to ``None``."""
 
 attrs.resolve_types(EngineConfig)

@@ -16,6 +16,7 @@ from ._calls import CREATE, DELETE, FLUSH, GET, GET_AND_TOUCH, INFO, REPLACE, TO
 from ._config import EngineConfig
 from ._errors import InvalidSessionIdError, PayloadError
 from ._ids import validate_session_id
+from .storage import Principal
 
 if TYPE_CHECKING:
     from ._actor import Actor
@@ -40,6 +41,8 @@ class SessionInfo(Generic[P]):
     """Last create or touch."""
     expires: float
     """When the session expires unless touched again (``last_accessed_at + ttl``)."""
+    owner: Principal | None = None
+    """Who owns the session (``None``: no owner)."""
 
 
 @final
@@ -59,6 +62,9 @@ class Statistics:
     """Sessions removed because their TTL ran out."""
     evicted: int
     """Sessions removed to stay within ``max_sessions``."""
+    refused: int = 0
+    """Creates refused at ``max_sessions`` (:class:`~engine.CapacityError`): every session
+    was in use (accessed within ``evict_idle_after``)."""
     storage_writes: int
     """Storage operations (puts and deletes) that completed."""
     storage_errors: int
@@ -70,6 +76,13 @@ class Statistics:
     """Most requests the actor found queued at one wake-up."""
     requests: int
     """Requests applied by the actor."""
+    owners: int = 0
+    """Distinct owners with live sessions (:meth:`Engine.sessions_by_owner` lists them)."""
+    owner_mismatches: int = 0
+    """Calls that named a live session of another owner, answered as if the id were unknown
+    (and creates refused with :class:`~engine.SessionOwnedError`)."""
+    owner_refusals: int = 0
+    """Creates refused with :class:`~engine.OwnerLimitError` (``max_sessions_per_owner``)."""
     lost_at_close: int = 0
     """After close: sessions whose latest state did not reach storage (a write or delete
     still failing, or a payload that cannot be encoded, when the final flush gave up). 0
@@ -96,6 +109,14 @@ class Engine(Generic[P]):
     so a half-written record cannot come back after a crash). Calls made meanwhile may have
     seen the change (it was applied while its write was in flight); a later create, replace or
     delete of the same id whose write was not durable yet is undone with it and fails too.
+
+    Ownership: ``create(..., owner=principal)`` makes a session that only answers calls passing
+    an equal ``owner=``; a session created without an owner only answers calls without one.
+    To any other caller the session does not exist: ``get``/``get_and_touch``/``info`` return
+    ``None``, ``touch``/``delete`` return False, nothing changes (no read, no extension, no
+    delete), by the same code path as an unknown id, counted in
+    :attr:`Statistics.owner_mismatches`. A ``create`` naming such a live id raises
+    :class:`~engine.SessionOwnedError` instead of replacing it.
     """
 
     def __init__(self, actor: Actor[P]) -> None:
@@ -108,12 +129,19 @@ class Engine(Generic[P]):
     # checkpoint, also when it raises; if it raises Cancelled before the actor applied it, it had
     # no effect; after close (or while closing) it raises EngineClosedError.
 
-    async def create(self, session_id: str, payload: P) -> None:
-        """Create a session (replacing a live session of the same id) that expires
-        ``config.ttl`` seconds from now unless touched.
+    async def create(self, session_id: str, payload: P, *, owner: Principal | None = None) -> None:
+        """Create a session owned by *owner* (replacing a live session of the same id and
+        owner) that expires ``config.ttl`` seconds from now unless touched. The owner is stored
+        in the record and survives restarts.
 
         With storage, returns once the record is durable. Raises :class:`~engine.PayloadError`
         if *payload* is not a valid ``payload_type`` (nothing is applied);
+        :class:`~engine.SessionOwnedError` if the id is live with another owner, and
+        :class:`~engine.OwnerLimitError` if *owner* already has ``max_sessions_per_owner``
+        live sessions (nothing is applied or evicted);
+        :class:`~engine.CapacityError` if the engine holds ``max_sessions`` sessions and none
+        has been idle for ``evict_idle_after`` (nothing is applied; its ``retry_after`` says
+        when one may be);
         :class:`~engine.StorageError` if the write failed: the create is undone (an id that was
         not live is not live, in memory or, once the retried delete lands, in storage; a
         session it replaced is back). Checkpoint. Cancel-safe until applied; cancelled while
@@ -126,11 +154,12 @@ class Engine(Generic[P]):
         except (InvalidSessionIdError, PayloadError):
             await trio.lowlevel.checkpoint()
             raise
-        await request(self._send, CREATE, session_id, checked)
+        await request(self._send, CREATE, session_id, checked, owner)
 
-    async def replace(self, session_id: str, payload: P) -> bool:
-        """Give a live session a new payload, keeping its ``created_at``; it counts as a touch
-        (the TTL restarts). Returns False, changing nothing, for an unknown or expired id.
+    async def replace(self, session_id: str, payload: P, *, owner: Principal | None = None) -> bool:
+        """Give a live session of *owner* a new payload, keeping its ``created_at`` and owner;
+        it counts as a touch (the TTL restarts). Returns False, changing nothing, for an
+        unknown or expired id or one that is not *owner*'s.
 
         With storage, returns once the new record is durable. Raises
         :class:`~engine.PayloadError` if *payload* is not a valid ``payload_type`` (nothing is
@@ -145,38 +174,45 @@ class Engine(Generic[P]):
         except (InvalidSessionIdError, PayloadError):
             await trio.lowlevel.checkpoint()
             raise
-        return cast(bool, await request(self._send, REPLACE, session_id, checked))
+        return cast(bool, await request(self._send, REPLACE, session_id, checked, owner))
 
-    async def get(self, session_id: str) -> P | None:
-        """The payload of a live session, or ``None`` if it is unknown or expired. Does not
-        extend the TTL. Returns the engine's own payload object: treat it as immutable (use
-        frozen classes). Checkpoint; cancel-safe; after close :class:`~engine.EngineClosedError`."""
-        return cast("P | None", await request(self._send, GET, session_id))
-
-    async def touch(self, session_id: str) -> bool:
-        """Extend a live session's TTL (sliding) and count toward its persist trigger. Returns
-        False, leaving no trace, for an unknown or expired id. Checkpoint; cancel-safe; after
-        close :class:`~engine.EngineClosedError`."""
-        return cast(bool, await request(self._send, TOUCH, session_id))
-
-    async def get_and_touch(self, session_id: str) -> P | None:
-        """:meth:`touch` and :meth:`get` in one round trip to the actor: the per-request path.
-        Returns ``None`` for an unknown or expired id. Checkpoint; cancel-safe; after close
+    async def get(self, session_id: str, *, owner: Principal | None = None) -> P | None:
+        """The payload of a live session of *owner*, or ``None`` if it is unknown, expired or
+        not *owner*'s. Does not extend the TTL. Returns the engine's own payload object: treat
+        it as immutable (use frozen classes). Checkpoint; cancel-safe; after close
         :class:`~engine.EngineClosedError`."""
-        return cast("P | None", await request(self._send, GET_AND_TOUCH, session_id))
+        return cast("P | None", await request(self._send, GET, session_id, None, owner))
 
-    async def delete(self, session_id: str) -> bool:
-        """Remove a session from memory and storage; True if it was live. With storage, returns
-        once the delete is durable (raises :class:`~engine.StorageError` if it failed: the
-        delete is undone, the session is live again and written back to storage). Checkpoint.
-        Cancel-safe until applied; cancelled while waiting for durability, the delete stands and
-        its write continues. After close :class:`~engine.EngineClosedError`."""
-        return cast(bool, await request(self._send, DELETE, session_id))
-
-    async def info(self, session_id: str) -> SessionInfo[P] | None:
-        """Payload and timestamps of a live session, else ``None``. Does not extend the TTL.
+    async def touch(self, session_id: str, *, owner: Principal | None = None) -> bool:
+        """Extend a live session's TTL (sliding) and count toward its persist trigger. Returns
+        False, leaving no trace, for an unknown or expired id or one that is not *owner*'s.
         Checkpoint; cancel-safe; after close :class:`~engine.EngineClosedError`."""
-        return cast("SessionInfo[P] | None", await request(self._send, INFO, session_id))
+        return cast(bool, await request(self._send, TOUCH, session_id, None, owner))
+
+    async def get_and_touch(self, session_id: str, *, owner: Principal | None = None) -> P | None:
+        """:meth:`touch` and :meth:`get` in one round trip to the actor: the per-request path.
+        Returns ``None`` for an unknown or expired id, or one that is not *owner*'s.
+        Checkpoint; cancel-safe; after close :class:`~engine.EngineClosedError`."""
+        return cast("P | None", await request(self._send, GET_AND_TOUCH, session_id, None, owner))
+
+    async def delete(self, session_id: str, *, owner: Principal | None = None) -> bool:
+        """Remove a session of *owner* from memory and storage; True if it was live and
+        *owner*'s (another owner's session is left alone: False). With storage, returns once
+        the delete is durable (raises :class:`~engine.StorageError` if it failed: the delete is
+        undone, the session is live again and written back to storage). Checkpoint. Cancel-safe
+        until applied; cancelled while waiting for durability, the delete stands and its write
+        continues. After close :class:`~engine.EngineClosedError`."""
+        return cast(bool, await request(self._send, DELETE, session_id, None, owner))
+
+    async def info(
+        self, session_id: str, *, owner: Principal | None = None
+    ) -> SessionInfo[P] | None:
+        """Payload, timestamps and owner of a live session of *owner*, else ``None``. Does not
+        extend the TTL. Checkpoint; cancel-safe; after close
+        :class:`~engine.EngineClosedError`."""
+        return cast(
+            "SessionInfo[P] | None", await request(self._send, INFO, session_id, None, owner)
+        )
 
     async def flush(self) -> None:
         """Persist every dirty session and wait until everything applied before this call is
@@ -190,3 +226,11 @@ class Engine(Generic[P]):
     def statistics(self) -> Statistics:
         """A snapshot of the engine's counters. Not a checkpoint; works after close."""
         return self._actor.statistics()
+
+    def sessions_by_owner(self, limit: int | None = None) -> list[tuple[Principal, int]]:
+        """The owners with live sessions in memory and how many each has, most first: the
+        *limit* largest (all if ``None``; O(owners) either way). Sessions without an owner are
+        not listed (``statistics().live_sessions`` minus the sum is their number). On a store
+        that loads on a miss this counts the sessions this engine holds in memory. Not a
+        checkpoint; works after close."""
+        return self._actor.sessions_by_owner(limit)

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 from ._config import EngineConfig
 from ._engine import Engine
 from ._lifecycle import run_engine
-from .storage import DirectoryStore, Store
+from .storage import FolderStore, Store
 
 if TYPE_CHECKING:
-    from .mcp._payload import ConnectionConfig
+    from .mcp import ConnectionConfig
 
 __all__ = ["open_engine"]
 
@@ -50,8 +50,10 @@ def open_engine(
 ) -> AbstractAsyncContextManager[Engine[Any]]:
     """Open an engine: load what storage holds, start the actor, yield the :class:`Engine`.
 
-    Storage is *store* if given, else a :class:`~engine.DirectoryStore` on
-    ``config.storage_dir``, else none (memory only). *payload_type* is any attrs class, msgspec
+    Storage is *store* if given (any :class:`~engine.Store`, say one of your own), else the
+    store ``config.store`` names on ``config.storage_dir`` (a :class:`~engine.storage.FolderStore`:
+    by default the store the folder already holds, and the journal store for a new folder),
+    else none (memory only). *payload_type* is any attrs class, msgspec
     Struct or dataclass (by default the MCP :class:`~engine.ConnectionConfig`); payloads
     round-trip exactly through storage. *wall_time* is read once, as the anchor for persisted
     timestamps (tests pass a fake to simulate time between runs).
@@ -65,9 +67,9 @@ def open_engine(
     says how many sessions' latest state did not reach storage.
     """
     if payload_type is None:  # the MCP payload, imported here: mcp is built on this module
-        from .mcp._payload import ConnectionConfig
+        from .mcp import ConnectionConfig
 
         payload_type = ConnectionConfig
     if store is None and config.storage_dir is not None:
-        store = DirectoryStore(config.storage_dir)
+        store = FolderStore(config.storage_dir, config.store)
     return run_engine(config, payload_type, store, wall_time)

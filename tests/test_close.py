@@ -19,6 +19,7 @@ P = ConnectionConfig(tags=("t",))
 def config(tmp_path: Path, **kw: Any) -> EngineConfig:
     values: dict[str, Any] = {
         "storage_dir": tmp_path / "store",
+        "store": "directory",  # the tests read its files
         "persist_requests": 1000,
         "persist_interval": 3600,
         "flush_interval": 3600,

@@ -24,7 +24,12 @@ FAULTS = [("write", errno.ENOSPC), ("fsync-dir", errno.EIO), ("open", errno.EMFI
 
 
 def config(folder: Path, **kw: Any) -> EngineConfig:
-    values: dict[str, Any] = {"storage_dir": folder, "retry_interval": 0.01, "close_timeout": 5}
+    values: dict[str, Any] = {
+        "storage_dir": folder,
+        "store": "directory",  # the tests read its files (faults go through its seam)
+        "retry_interval": 0.01,
+        "close_timeout": 5,
+    }
     return EngineConfig(**(values | kw))
 
 

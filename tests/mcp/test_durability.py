@@ -5,7 +5,7 @@ processes, real signals, real folders.
   ``Retry-After``, and the engine undoes them: after a SIGKILL the refused session is not
   there, the refused delete did not happen.
 - Cancelling the scope around ``serve`` still runs the final flush.
-- When the final flush gives up, ``serve`` says what was not saved and exits 7.
+- When the final flush gives up, ``serve`` says what was not saved and exits 8.
 - No full session id reaches the log, at DEBUG, faults included.
 """
 
@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, cast
 
 import httpx
-import msgspec
 import pytest
 import trio
 
@@ -39,7 +38,9 @@ from .support import (
     initialize,
     initialize_body,
     metric_value,
-    session_file,
+    stored_bytes,
+    stored_ids,
+    stored_session,
 )
 
 FULL_ID = re.compile(r"stream-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -73,10 +74,6 @@ def wait_for_the_retry(client: httpx.Client, server: ServerProcess, errors: floa
             return
         assert time.monotonic() < deadline, "the engine never retried"
         time.sleep(0.02)
-
-
-def session_files(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".session"))
 
 
 def assert_storage_unavailable(r: httpx.Response) -> None:
@@ -116,7 +113,7 @@ def test_initialize_refused_on_a_storage_fault_leaves_no_session(
         server.start()
         with httpx.Client(timeout=30) as client:
             assert client.get(server.base + "/healthz").json()["sessions"] == 0
-        assert session_files(folder) == []
+        assert stored_ids(folder) == set()
     finally:
         server.close()
 
@@ -148,7 +145,7 @@ def test_delete_refused_on_a_storage_fault_keeps_the_session(tmp_path: Path, fau
             assert call(client, server.url, sid, "ping").status_code == 200
             headers = {**HEADERS, "mcp-session-id": sid, "mcp-protocol-version": PROTOCOL}
             assert client.delete(server.url, headers=headers).status_code == 204
-        assert session_files(folder) == []
+        assert stored_ids(folder) == set()
     finally:
         server.close()
 
@@ -164,14 +161,16 @@ def _exhaust_file_descriptors(pid: int) -> None:
     resource.prlimit(pid, resource.RLIMIT_NOFILE, (3, hard))
 
 
-def test_serve_reports_what_it_could_not_save_and_exits_7(tmp_path: Path) -> None:
-    """``python -m engine serve`` runs out of file descriptors (a real EMFILE, by lowering its
-    limit): ``initialize`` answers 503; at SIGTERM the final flush cannot write the touched
+def test_serve_reports_what_it_could_not_save_and_exits_8(tmp_path: Path) -> None:
+    """``python -m engine serve`` on a directory store runs out of file descriptors (a real
+    EMFILE, by lowering its limit): ``initialize`` answers 503; at SIGTERM the final flush cannot write the touched
     session, so it says how many sessions were NOT saved and exits 7 (it used to print "N
-    sessions saved (0 storage errors)" and exit 0)."""
+    sessions saved (0 storage errors)" and exit 0). Exit code 8: 7 is ``verify``'s."""
     folder = tmp_path / "sessions"
     server = ServerProcess(
         folder,
+        "--store",
+        "directory",  # it opens a file per write (the journal appends to an open one)
         "--persist-requests",
         "1000",
         "--flush-interval",
@@ -185,7 +184,7 @@ def test_serve_reports_what_it_could_not_save_and_exits_7(tmp_path: Path) -> Non
     try:
         with httpx.Client(timeout=30) as client:  # one connection, kept alive
             sid = initialize(client, server.url)
-            before = session_file(folder, sid).read_bytes()
+            before = stored_bytes(folder, sid)
             time.sleep(0.01)
             assert call(client, server.url, sid, "ping").status_code == 200  # dirty
             assert server.proc is not None
@@ -195,12 +194,12 @@ def test_serve_reports_what_it_could_not_save_and_exits_7(tmp_path: Path) -> Non
         code, out, err = server.stop(signal.SIGTERM)
     finally:
         server.close()
-    assert code == 7, (out, err)
+    assert code == 8, (out, err)
     # the touched session, and the refused session's delete (nothing is on disk for it)
     assert "the latest changes of 2 sessions were NOT saved" in out, out
     assert "not saved" in err, err
     assert FULL_ID.search(out + err) is None
-    assert session_file(folder, sid).read_bytes() == before  # the old record is intact
+    assert stored_bytes(folder, sid) == before  # the old record is intact
 
 
 # -- item 1: cancelling the scope around serve --------------------------------------------------
@@ -231,13 +230,14 @@ async def test_cancelling_serve_runs_the_final_flush(tmp_path: Path) -> None:
                 ping = {"jsonrpc": "2.0", "id": 2, "method": "ping"}
                 r = await client.post(url, json=ping, headers=headers)
                 assert r.status_code == 200
-            record = msgspec.json.decode(session_file(folder, sid).read_bytes())
-            assert record["last_accessed_at"] == record["created_at"]  # the touch is dirty
+            record = stored_session(folder, sid)
+            assert record is not None
+            assert record.last_accessed_at == record.created_at  # the touch is dirty
             start = trio.current_time()
             scope.cancel()
     assert trio.current_time() - start < engine_config.close_timeout
-    record = msgspec.json.decode(session_file(folder, sid).read_bytes())
-    assert record["last_accessed_at"] > record["created_at"]
+    record = stored_session(folder, sid)
+    assert record is not None and record.last_accessed_at > record.created_at
 
 
 # -- item 10: no full session id in the server's logs --------------------------------------------
