@@ -163,9 +163,9 @@ def _exhaust_file_descriptors(pid: int) -> None:
 
 def test_serve_reports_what_it_could_not_save_and_exits_8(tmp_path: Path) -> None:
     """``python -m engine serve`` on a directory store runs out of file descriptors (a real
-    EMFILE, by lowering its limit): ``initialize`` answers 503; at SIGTERM the final flush cannot write the touched
-    session, so it says how many sessions were NOT saved and exits 7 (it used to print "N
-    sessions saved (0 storage errors)" and exit 0). Exit code 8: 7 is ``verify``'s."""
+    EMFILE, by lowering its limit): ``initialize`` answers 503; at SIGTERM the final flush cannot
+    write the touched session, so it says how many sessions were NOT saved and exits 8 (it used
+    to print "N sessions saved (0 storage errors)" and exit 0; 7 is ``verify``'s code)."""
     folder = tmp_path / "sessions"
     server = ServerProcess(
         folder,
