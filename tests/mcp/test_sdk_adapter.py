@@ -267,3 +267,36 @@ def test_sdk_example_exits_4_when_another_process_holds_the_storage(tmp_path: Pa
     finally:
         code, _, err = server.stop()
     assert code == 0, err
+
+
+async def test_a_storage_fault_refuses_initialize_and_delete_with_503() -> None:
+    """Issue 9, item 2, through the SDK adapter: when the engine cannot make a new session or
+    a delete durable, the client gets 503 with ``Retry-After`` (not the SDK's 200), no session
+    is left (the SDK session opened is closed again), and a refused delete leaves the session
+    usable (restored from the engine on its next request)."""
+    failing = False
+
+    def fail(_sid: str, _op: object) -> Exception | None:
+        return OSError(28, "No space left on device") if failing else None
+
+    store = MemoryStore(fail=fail)
+    engine = EngineConfig(retry_interval=1)
+    async with serving(engine, store=store) as (url, sessions), httpx2.AsyncClient() as http:
+        failing = True
+        headers = {**HEADERS}
+        response = await http.post(url, json=INITIALIZE_BODY, headers=headers)
+        assert response.status_code == 503, response.text
+        assert response.headers["retry-after"] == "1"
+        assert "not created" in response.json()["error"]["message"]
+        assert sessions.statistics().engine.live_sessions == 0
+        assert sessions.statistics().live_in_sdk == 0
+        failing = False
+        session_id = await raw_initialize(http, url)
+        failing = True
+        delete_headers = {**HEADERS, "mcp-session-id": session_id, "mcp-protocol-version": LEGACY}
+        response = await http.delete(url, headers=delete_headers)
+        assert response.status_code == 503, response.text
+        assert "not deleted" in response.json()["error"]["message"]
+        failing = False
+        response = await raw_call(http, url, session_id, "add", {"a": 1, "b": 2})
+        assert sse_result(response)["structuredContent"] == {"result": 3}

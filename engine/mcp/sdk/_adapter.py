@@ -458,16 +458,23 @@ class SdkSessions:
             await self._sdk.close(session_id, transport)
 
     def _deleting(self, engine: Engine[SdkSession], session_id: str, send: Send) -> Send:
+        refused = False
+
         async def send_after_delete(message: Message) -> None:
+            nonlocal refused
+            if refused:
+                return  # the body of the SDK's answer, replaced by the 503
             if message["type"] == "http.response.start" and message["status"] == 200:
                 try:
                     await engine.delete(session_id)
                 except StorageError as exc:
-                    log.warning(
-                        "session %s deleted; its storage delete failed: %s",
-                        fingerprint(session_id),
-                        exc,
-                    )
+                    # Not durable, so not deleted (the engine undid it): say so instead of the
+                    # SDK's 200. The SDK closed its side; the next request restores the session.
+                    log.debug("session %s: delete failed: %s", fingerprint(session_id), exc)
+                    refused = True
+                    text = "Storage unavailable: the session was not deleted"
+                    await _error(send, 503, -32603, text, engine.config.retry_interval)
+                    return
                 except EngineClosedError:
                     log.warning(
                         "session %s ended while the engine closed: record kept",
