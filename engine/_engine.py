@@ -585,17 +585,17 @@ class Engine(Generic[P]):
     async def _load_one(self, session_id: str) -> None:
         assert self._store is not None
         error: Exception | None = None
-        record: StoredSession[P] | None = None
+        loaded: tuple[StoredSession[P], float] | None = None
         try:
-            record = await self._store.load_one(session_id, self._codec.decode)
+            loaded = await self._store.load_one(session_id, self._codec.decode)
         except Exception as exc:
             log.error("loading session %s failed: %s", session_id, exc)
             error = exc
         # Synchronous from here: this is a state change like any other the actor makes.
         calls = self._loading.pop(session_id)
         now = self._now()
-        if record is not None and record.id == session_id:
-            self._insert_record(record, now)
+        if loaded is not None and loaded[0].id == session_id:
+            self._insert_record(loaded[0], now, loaded[1])
         resident = error is None
         for call in calls:
             resident = resident or call.kind == _CREATE  # a create needs no load
@@ -606,9 +606,18 @@ class Engine(Generic[P]):
         self._submit()
         self._load_lot.unpark_all()
 
-    def _insert_record(self, record: StoredSession[P], now: float) -> None:
+    def _insert_record(
+        self, record: StoredSession[P], now: float, expires: float | None = None
+    ) -> None:
+        """Insert a loaded record; *expires*: its expiry in the store, when later than the
+        record's own (a shared store extends keys on touches without rewriting them)."""
         r = record
-        self._core.load(r.id, r.payload, r.created_at, r.last_accessed_at, r.expires, now)
+        last = r.last_accessed_at
+        if expires is None or expires <= r.expires:
+            expires = r.expires
+        else:
+            last = max(last, expires - self.config.ttl)
+        self._core.load(r.id, r.payload, r.created_at, last, expires, now)
 
     # -- open / close -------------------------------------------------------------------------
 

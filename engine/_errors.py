@@ -17,6 +17,8 @@ __all__ = [
     "EngineError",
     "InvalidSessionIdError",
     "PayloadError",
+    "SessionExistsError",
+    "SessionGoneError",
     "StorageError",
     "StorageLockedError",
     "StorageResetError",
@@ -67,3 +69,16 @@ class StorageLockedError(StorageError):
 class StorageResetError(StorageError):
     """The store lost what it held (its folder was removed or replaced under a running engine)
     and has been set up anew. The engine answers by rewriting every live session."""
+
+
+@final
+class SessionExistsError(StorageError):
+    """A create of an id that a shared store (Redis) already holds: an id collision is an error,
+    never an overwrite. The engine drops its own copy and the create is not retried."""
+
+
+@final
+class SessionGoneError(StorageError):
+    """A shared store no longer holds a session this engine had cached (another engine deleted
+    it, or it expired in the store): a store's answer to a touch persist, never raised to a
+    caller. The engine drops the session from its cache."""

@@ -258,16 +258,19 @@ class DirectoryStore:
         log.warning("quarantined %s: %s", name, reason)
         self.report.quarantined.append((name, reason))
 
-    async def load_one(self, session_id: str, parse: Callable[[bytes], R]) -> R | None:
-        """Read one session's record, or ``None`` if it has no file. Raises ``ValueError`` for a
-        corrupt record."""
+    async def load_one(
+        self, session_id: str, parse: Callable[[bytes], R]
+    ) -> tuple[R, float] | None:
+        """Read one session's record (and its own expiry), or ``None`` if it has no file. Raises
+        ``ValueError`` for a corrupt record."""
         path = self.path / file_name_for(session_id)
 
-        def read() -> R | None:
+        def read() -> tuple[R, float] | None:
             try:
-                return parse(_read_record(str(path)))
+                record = parse(_read_record(str(path)))
             except FileNotFoundError:
                 return None
+            return record, record.expires
 
         return await trio.to_thread.run_sync(read)
 

@@ -75,9 +75,14 @@ class MemoryStore:
                 out.append(record)
         return out
 
-    async def load_one(self, session_id: str, parse: Callable[[bytes], R]) -> R | None:
+    async def load_one(
+        self, session_id: str, parse: Callable[[bytes], R]
+    ) -> tuple[R, float] | None:
         data = self.data.get(session_id)
-        return None if data is None else parse(data)
+        if data is None:
+            return None
+        record = parse(data)
+        return record, record.expires
 
     async def write(self, batch: WriteBatch) -> Mapping[str, Exception]:
         # The engine's promise: one batch at a time, one operation per id in a batch.
