@@ -94,6 +94,10 @@ class EngineConfig:
     close_timeout: float = attrs.field(default=30.0, validator=_positive_number)
     """Longest time closing may spend on the final flush (shielded from cancellation)."""
 
+    absent_ttl: float = attrs.field(default=1.0, validator=_positive_number)
+    """Shared stores (Redis): how long an id that storage did not hold is answered as unknown
+    without asking storage again (the negative cache; bounded at 10,000 ids)."""
+
     @classmethod
     def from_mapping(cls, values: Mapping[str, object]) -> EngineConfig:
         """Build a config from a mapping (parsed TOML, JSON, a dict).

@@ -22,7 +22,7 @@ from typing import Generic, TypeVar, final
 
 import msgspec
 
-from .storage._protocol import Put
+from .storage._protocol import Put, PutKind, coalesce
 
 __all__ = ["Cause", "Entry", "SessionTable"]
 
@@ -109,6 +109,12 @@ class SessionTable(Generic[P]):
         self.expired = 0
         self.evicted = 0
         self.encode_errors = 0
+        self.dropped = 0
+        """Sessions dropped from memory because shared storage changed them elsewhere."""
+        self.absent: dict[str, float] = {}
+        """Negative cache (stores that load on a miss): ids storage did not hold, until when
+        to believe it; oldest first, at most :attr:`max_absent` of them."""
+        self.max_absent = 10_000
         self.applied = 0
         """Requests applied so far; the sequence number of the last one."""
 
@@ -119,6 +125,7 @@ class SessionTable(Generic[P]):
         self.applied += 1
         if self._live(session_id, now) is None:
             self._make_room(now)
+        self.absent.pop(session_id, None)
         self._insert(session_id, payload, now, now, now + self.ttl, now)
         self._persist(session_id, Cause.CREATE, now)
 
@@ -168,11 +175,56 @@ class SessionTable(Generic[P]):
     ) -> bool:
         """Insert a session read from storage (clean: nothing to write). Its trigger clock starts
         now. Returns False, inserting nothing, if it has expired or the id is already live."""
+        self.absent.pop(session_id, None)
         if expires <= now or session_id in self.sessions:
             return False
         self._make_room(now)
         self._insert(session_id, payload, created_at, last_accessed_at, expires, now)
         return True
+
+    # -- shared storage (memory is a cache of it) --------------------------------------------
+
+    def note_absent(self, session_id: str, until: float) -> None:
+        """Storage does not hold *session_id*: answer it as unknown without asking storage again
+        until *until* (a flood of made-up ids must not become a flood of reads)."""
+        absent = self.absent
+        absent.pop(session_id, None)
+        if len(absent) >= self.max_absent:
+            del absent[next(iter(absent))]  # the oldest: entries share one lifetime
+        absent[session_id] = until
+
+    def known_absent(self, session_id: str, now: float) -> bool:
+        """True while a recent load found *session_id* absent (see :meth:`note_absent`)."""
+        until = self.absent.get(session_id)
+        if until is None:
+            return False
+        if until <= now:
+            del self.absent[session_id]
+            return False
+        return True
+
+    def forget(self, session_id: str) -> bool:
+        """Drop *session_id* from memory without any storage operation (another engine changed
+        it, or storage no longer holds it): the next request loads it again. Unwritten touches
+        of it are discarded. True if it was in memory."""
+        self.absent.pop(session_id, None)
+        if session_id not in self.sessions:
+            return False
+        self._remove(session_id)
+        self.dropped += 1
+        return True
+
+    def clear_cache(self, now: float) -> int:
+        """Treat every cached session as suspect (storage may have changed them unseen): write
+        each dirty session's touches, then drop every session from memory, and forget the
+        negative cache. Returns how many were dropped."""
+        self.persist_dirty(len(self.dirty), Cause.FLUSH, now)
+        count = len(self.sessions)
+        self.sessions.clear()
+        self._heap.clear()
+        self.absent.clear()
+        self.dropped += count
+        return count
 
     # -- background work ----------------------------------------------------------------------
 
@@ -277,7 +329,9 @@ class SessionTable(Generic[P]):
             self.encode_errors += 1
             self.dirty[session_id] = None
             return
-        self.outbox[session_id] = Put(data, entry.expires)
+        new = Put(data, entry.expires, PutKind.CREATE if cause is Cause.CREATE else PutKind.UPDATE)
+        outbox = self.outbox
+        outbox[session_id] = coalesce(outbox[session_id], new) if session_id in outbox else new
         entry.touches = 0
         entry.last_persist = now
         self.dirty.pop(session_id, None)

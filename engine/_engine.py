@@ -27,11 +27,13 @@ from ._errors import (
     EngineClosedError,
     InvalidSessionIdError,
     PayloadError,
+    SessionExistsError,
+    SessionGoneError,
     StorageError,
     StorageResetError,
 )
 from ._ids import validate_session_id
-from .storage._protocol import Put, Store
+from .storage._protocol import Invalidation, Put, PutKind, SharedStore, Store, coalesce
 
 __all__ = ["Engine", "SessionInfo", "Statistics", "run_engine", "wall_clock"]
 
@@ -43,7 +45,7 @@ CHUNK: Final = 128
 """Sessions encoded or expired per background step, between which callers are served."""
 
 # Call kinds
-_CREATE, _GET, _TOUCH, _GET_TOUCH, _DELETE, _INFO, _FLUSH, _TICK, _SWEEP = range(9)
+_CREATE, _GET, _TOUCH, _GET_TOUCH, _DELETE, _INFO, _FLUSH, _TICK, _SWEEP, _INVALIDATE = range(10)
 # Call states: being sent (not parked yet), parked, cancelled while parked, answered
 _SENDING, _PARKED, _ABANDONED, _DONE = range(4)
 
@@ -88,6 +90,8 @@ class _Call:
         """Writer callback: the call's write (or, for a flush, its batch) is done."""
         if error is None:
             self.reply(self.arg)
+        elif isinstance(error, SessionExistsError):
+            self.fail(SessionExistsError(str(error)))  # final: not retried
         else:
             self.fail(StorageError(f"storage write failed (it will be retried): {error}"))
 
@@ -153,6 +157,11 @@ class Statistics:
     """Most requests the actor found queued at one wake-up."""
     requests: int
     """Requests applied by the actor."""
+    dropped: int = 0
+    """Sessions dropped from memory because a shared store changed them elsewhere (deleted by
+    another engine, expired in the store, a dropped invalidation subscription)."""
+    absent_hits: int = 0
+    """Requests for ids a shared store recently did not hold, answered without asking it."""
 
 
 class _Writer:
@@ -162,10 +171,19 @@ class _Writer:
     latest), so storage never sees an older operation for an id after a newer one.
     """
 
-    def __init__(self, store: Store, retry_interval: float, on_reset: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        retry_interval: float,
+        on_reset: Callable[[], None],
+        on_final: Callable[[str], object] = lambda _: None,
+    ) -> None:
         self.store = store
         self.retry_interval = retry_interval
         self.on_reset = on_reset
+        self.on_final = on_final
+        """Called with an id whose write a shared store answered with a final outcome
+        (:class:`SessionExistsError`, :class:`SessionGoneError`): the engine drops its copy."""
         self.pending: dict[str, Put | None] = {}
         self.waiters: list[tuple[str | None, _Waiter]] = []
         self.in_flight: dict[str, Put | None] = {}
@@ -178,8 +196,12 @@ class _Writer:
         self._lot = trio.lowlevel.ParkingLot()
 
     def submit(self, ops: dict[str, Put | None]) -> None:
-        if self.pending:
-            self.pending.update(ops)
+        pending = self.pending
+        if pending:
+            for session_id, op in ops.items():
+                pending[session_id] = (
+                    coalesce(pending[session_id], op) if session_id in pending else op
+                )
         else:
             self.pending = ops
         self._lot.unpark_all()
@@ -233,17 +255,34 @@ class _Writer:
                 except Exception as crash:  # a backend bug or unexpected fault: fail the batch
                     log.exception("storage backend raised on a batch of %d", len(batch))
                     failed = dict.fromkeys(batch, crash)
-                self.writes += len(batch) - len(failed)
-                self.errors += len(failed)
+                final = {
+                    sid: exc
+                    for sid, exc in failed.items()
+                    if isinstance(exc, SessionExistsError | SessionGoneError)
+                }
+                self.writes += len(batch) - len(failed) + len(final)
+                self.errors += len(failed) - len(final)
+            else:
+                final = {}
             for failed_id, error in failed.items():
+                if failed_id in final:
+                    newer = self.pending.get(failed_id)
+                    if newer is None or newer.kind == PutKind.UPDATE:  # nothing newer to keep
+                        self.pending.pop(failed_id, None)
+                        self.on_final(failed_id)
+                    log.info("session %s: %s", failed_id, error)
+                    continue
                 log.error("storage write of session %s failed: %s", failed_id, error)
-                if failed_id not in self.pending:  # else a newer operation supersedes it
-                    self.pending[failed_id] = batch[failed_id]
+                old = batch[failed_id]
+                pending = self.pending  # a newer operation supersedes it, keeping its kind
+                pending[failed_id] = (
+                    coalesce(old, pending[failed_id]) if failed_id in pending else old
+                )
             self.in_flight, self.in_flight_waiters = {}, []
-            first_error = next(iter(failed.values()), None)
+            first_error = next((e for i, e in failed.items() if i not in final), None)
             for waited_id, waiter in waiters:
                 waiter.settle(first_error if waited_id is None else failed.get(waited_id))
-            if failed:
+            if len(failed) > len(final):
                 await trio.sleep(self.retry_interval)
 
 
@@ -284,7 +323,9 @@ class Engine(Generic[P]):
         )
         self._send, self._receive = trio.open_memory_channel[_Call](config.queue_size)
         self._writer = (
-            _Writer(store, config.retry_interval, self._core.mark_all_dirty) if store else None
+            _Writer(store, config.retry_interval, self._core.mark_all_dirty, self._core.forget)
+            if store
+            else None
         )
         self._flush_budget = 0
         self._flush_cause = Cause.TICK
@@ -295,6 +336,9 @@ class Engine(Generic[P]):
         # Lazy stores (not preloading): calls on an id being loaded, in arrival order.
         self._lazy = store is not None and not store.preloads
         self._loading: dict[str, list[_Call]] = {}
+        self._stale_loads: set[str] = set()
+        """Ids whose load in flight may have read what another engine changed since."""
+        self._absent_hits = 0
         self._load_lot = trio.lowlevel.ParkingLot()
         self._nursery: trio.Nursery | None = None
         self._trace: list[tuple[_Call, float]] | None = None
@@ -384,6 +428,8 @@ class Engine(Generic[P]):
             pending_writes=(len(writer.pending) + len(writer.in_flight)) if writer else 0,
             queue_high_water=self._high_water,
             requests=core.applied,
+            dropped=core.dropped,
+            absent_hits=self._absent_hits,
         )
 
     # -- request path -------------------------------------------------------------------------
@@ -488,6 +534,9 @@ class Engine(Generic[P]):
         elif kind == _SWEEP:
             self._sweep_due = True
             self._sweeper = call  # answered when the sweep is done
+        elif kind == _INVALIDATE:
+            self._invalidate(cast(Invalidation, call.arg), now)
+            call.reply(None)
 
     def _reply_when_durable(self, call: _Call) -> None:
         """Reply once this call's storage operation is durable (at once if it made none)."""
@@ -569,13 +618,20 @@ class Engine(Generic[P]):
         if queued is not None:
             queued.append(call)
             return True
-        if call.kind == _CREATE or session_id in self._core.sessions:
+        core = self._core
+        if call.kind == _CREATE or session_id in core.sessions:
             return False
         assert self._writer is not None
         found, op = self._writer.latest(session_id)
-        if found:  # storage is behind the writer for this id: the writer's newest op is the truth
+        if found and (op is None or op.kind != PutKind.UPDATE):
+            # Storage is behind the writer for this id (a create or delete not written yet):
+            # the writer's newest operation is the truth. (Behind only on expiry for an update:
+            # storage holds the session, and knows whether another engine deleted it.)
             if op is not None:
                 self._insert_record(self._codec.decode(op.data), self._now())
+            return False
+        if session_id in core.absent and core.known_absent(session_id, self._now()):
+            self._absent_hits += 1
             return False
         self._loading[session_id] = [call]
         assert self._nursery is not None
@@ -586,16 +642,23 @@ class Engine(Generic[P]):
         assert self._store is not None
         error: Exception | None = None
         loaded: tuple[StoredSession[P], float] | None = None
-        try:
-            loaded = await self._store.load_one(session_id, self._codec.decode)
-        except Exception as exc:
-            log.error("loading session %s failed: %s", session_id, exc)
-            error = exc
+        while True:
+            self._stale_loads.discard(session_id)
+            try:
+                loaded = await self._store.load_one(session_id, self._codec.decode)
+            except Exception as exc:
+                log.error("loading session %s failed: %s", session_id, exc)
+                error = exc
+            if session_id not in self._stale_loads:
+                break
+            error = None  # another engine changed it while we read: read again
         # Synchronous from here: this is a state change like any other the actor makes.
         calls = self._loading.pop(session_id)
         now = self._now()
         if loaded is not None and loaded[0].id == session_id:
             self._insert_record(loaded[0], now, loaded[1])
+        elif error is None and self.config.absent_ttl > 0:
+            self._core.note_absent(session_id, now + self.config.absent_ttl)
         resident = error is None
         for call in calls:
             resident = resident or call.kind == _CREATE  # a create needs no load
@@ -605,6 +668,36 @@ class Engine(Generic[P]):
                 call.fail(StorageError(f"cannot load session {session_id}: {error}"))
         self._submit()
         self._load_lot.unpark_all()
+
+    def _invalidate(self, event: Invalidation, now: float) -> None:
+        """Another engine changed these ids (``None``: maybe any id): drop what memory holds of
+        them; loads in flight read again."""
+        if event is None:
+            dropped = self._core.clear_cache(now)
+            self._stale_loads.update(self._loading)
+            self._submit()
+            log.warning("shared store may have missed changes: dropped %d cached sessions", dropped)
+            return
+        core = self._core
+        loading = self._loading
+        for session_id in event.removed:
+            core.forget(session_id)
+            if session_id in loading:
+                self._stale_loads.add(session_id)
+        absent = core.absent
+        for session_id in event.created:
+            absent.pop(session_id, None)
+            if session_id in loading:
+                self._stale_loads.add(session_id)
+
+    async def _run_invalidations(self, store: SharedStore) -> None:
+        """Feed a shared store's invalidations to the actor, in order."""
+        async with store.invalidations() as changes:
+            async for event in changes:
+                try:
+                    await self._call(_INVALIDATE, "", event)
+                except EngineClosedError:
+                    return
 
     def _insert_record(
         self, record: StoredSession[P], now: float, expires: float | None = None
@@ -715,6 +808,8 @@ async def run_engine(
             engine._nursery = nursery
             nursery.start_soon(engine._run_flush_ticker)
             nursery.start_soon(engine._run_sweeper)
+            if isinstance(store, SharedStore) and not store.preloads:
+                nursery.start_soon(engine._run_invalidations, store)
             actor_done = trio.Event()
             writer_done = trio.Event()
             nursery.start_soon(_run_then_set, engine._run_actor, actor_done)

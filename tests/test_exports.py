@@ -45,6 +45,7 @@ PUBLIC: dict[str, set[str]] = {
         "validate_session_id",
     },
     "engine.storage": {
+        "Changes",
         "CorruptRecordError",
         "DirectoryStore",
         "FORMAT_VERSION",

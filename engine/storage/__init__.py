@@ -11,6 +11,7 @@ from .._errors import SessionExistsError as SessionExistsError
 from .._errors import SessionGoneError as SessionGoneError
 from ._directory import DirectoryStore as DirectoryStore
 from ._directory import LoadReport as LoadReport
+from ._protocol import Changes as Changes
 from ._protocol import Invalidation as Invalidation
 from ._protocol import LoadedRecord as LoadedRecord
 from ._protocol import Put as Put
@@ -29,6 +30,7 @@ from ._redis import RedisStore as RedisStore
 from ._redis import redact_url as redact_url
 
 __all__ = [
+    "Changes",
     "FORMAT_VERSION",
     "MAX_RECORD_BYTES",
     "CorruptRecordError",

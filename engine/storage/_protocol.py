@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Mapping
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import NamedTuple, Protocol, TypeVar, runtime_checkable
 
 import msgspec
 import trio
 
 __all__ = [
+    "Changes",
     "Invalidation",
     "LoadedRecord",
     "Put",
@@ -138,10 +139,18 @@ class Store(Protocol):
         """Release the store (locks, connections)."""
 
 
-Invalidation = frozenset[str] | None
-"""What a shared store tells its engines: these ids changed elsewhere (drop what you hold of
-them), or ``None``: the store may have missed changes (its subscription dropped), treat every
-cached session as suspect."""
+class Changes(NamedTuple):
+    """Changes another engine made to a shared store."""
+
+    removed: frozenset[str]
+    """Ids deleted or replaced: drop any cached copy."""
+    created: frozenset[str]
+    """Ids created: forget any recent "not there" answer for them."""
+
+
+Invalidation = Changes | None
+"""What a shared store tells its engines: :class:`Changes` made elsewhere, or ``None``: the store
+may have missed changes (its subscription dropped), treat every cached session as suspect."""
 
 
 @runtime_checkable

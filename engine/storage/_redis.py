@@ -40,7 +40,7 @@ import attrs
 import trio
 
 from .._errors import SessionExistsError, SessionGoneError, StorageError
-from ._protocol import Invalidation, LoadedRecord, Put, PutKind, WriteBatch
+from ._protocol import Changes, Invalidation, LoadedRecord, Put, PutKind, WriteBatch
 from ._records import MAX_RECORD_BYTES
 
 __all__ = ["RedisStatus", "RedisStore", "redact_url"]
@@ -479,21 +479,21 @@ class RedisStore:
 
         client = self._client
         items = list(batch.items())
-        changed: list[str] = []
+        changed: list[bytes] = []
         async with client.pipeline(transaction=False, raise_on_error=False) as pipe:
             for session_id, op in items:
                 key = self.key(session_id)
                 if op is None:
                     pipe.delete([key])
-                    changed.append(session_id)
+                    changed.append(b"-" + session_id.encode())
                 elif op.kind == PutKind.UPDATE:
                     pipe.pexpireat(key, _ms(op.expires), condition=PureToken.GT)
                 elif op.kind == PutKind.CREATE:
                     pipe.set(key, op.data, pxat=_ms(op.expires), condition=PureToken.NX, get=True)
-                    changed.append(session_id)
+                    changed.append(b"+" + session_id.encode())
                 else:
                     pipe.set(key, op.data, pxat=_ms(op.expires))
-                    changed.append(session_id)
+                    changed.append(b"-" + session_id.encode())
             if changed and not self.cluster:  # same connection: after the writes above
                 pipe.publish(self.channel, self._message(changed))
         replies = pipe.results
@@ -535,8 +535,9 @@ class RedisStore:
                     )
         return failed
 
-    def _message(self, ids: list[str]) -> bytes:
-        return b"\n".join([self._token, *(i.encode() for i in ids)])
+    def _message(self, changes: list[bytes]) -> bytes:
+        """``<token>\n-<removed id>\n+<created id>...``: the token lets a store skip its own."""
+        return b"\n".join([self._token, *changes])
 
     # -- invalidation -----------------------------------------------------------------------
 
@@ -609,7 +610,7 @@ class RedisStore:
                         if parts[0] == self._token:
                             continue
                         self._status.invalidations += 1
-                        self._deliver(frozenset(p.decode() for p in parts[1:] if p))
+                        self._deliver(_parse_changes(parts[1:]))
             except Exception as exc:  # coredis gave up: start over (the cache is suspect)
                 self._status.subscribed = False
                 log.error("Redis invalidation subscription failed: %s", _describe(exc))
@@ -665,6 +666,17 @@ class _SentinelClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
+
+
+def _parse_changes(lines: list[bytes]) -> Changes:
+    removed: set[str] = set()
+    created: set[str] = set()
+    for line in lines:
+        if line[:1] == b"-":
+            removed.add(line[1:].decode(errors="replace"))
+        elif line[:1] == b"+":
+            created.add(line[1:].decode(errors="replace"))
+    return Changes(frozenset(removed), frozenset(created))
 
 
 def _ms(expires: float) -> int:

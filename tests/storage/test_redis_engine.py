@@ -1,0 +1,191 @@
+"""Engines on the Redis store, in one process: several engines (each its own store and
+connections) share one real redis-server, as nodes behind a load balancer would."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+
+from engine import ConnectionConfig, Engine, EngineConfig, StorageError, open_engine
+from engine.storage import RedisStore, SessionExistsError
+from engine.testing import RedisServer
+
+A = ConnectionConfig(tags=("a",))
+B = ConnectionConfig(tags=("b",))
+
+
+@contextlib.asynccontextmanager
+async def node(
+    server: RedisServer, *, redis_timeout: float = 1.0, **config: float
+) -> AsyncIterator[tuple[Engine[ConnectionConfig], RedisStore]]:
+    store = RedisStore(server.url, prefix="t:", timeout=redis_timeout, backoff_max=0.2)
+    settings: dict[str, object] = {"ttl": 3600, "flush_interval": 0.2, **config}
+    async with open_engine(EngineConfig.from_mapping(settings), store=store) as engine:
+        yield engine, store
+
+
+async def eventually(check: object, seconds: float = 5.0) -> None:
+    """Poll an async predicate until true; fail after *seconds* (a bound, not a measurement)."""
+    with trio.fail_after(seconds):
+        while not await check():  # type: ignore[operator]  # noqa: ASYNC110
+            await trio.sleep(0.01)
+
+
+async def test_create_on_one_node_is_visible_on_another_and_delete_invalidates(
+    redis_server: RedisServer,
+) -> None:
+    async with node(redis_server) as (a, _), node(redis_server) as (b, store_b):
+        await a.create("s", A)
+        assert await b.get_and_touch("s") == A  # loaded from Redis: one read
+        assert await b.get("s") == A  # now cached
+        assert store_b.status().loads == 1
+        assert await a.delete("s") is True
+
+        async def gone_on_b() -> bool:
+            return await b.get("s") is None
+
+        await eventually(gone_on_b)  # b had it cached: only the invalidation can drop it
+        assert b.statistics().dropped == 1
+
+
+async def test_concurrent_misses_share_one_read(redis_server: RedisServer) -> None:
+    async with node(redis_server) as (a, _), node(redis_server) as (b, store_b):
+        await a.create("s", A)
+        results: list[object] = []
+
+        async def get() -> None:
+            results.append(await b.get_and_touch("s"))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(50):
+                nursery.start_soon(get)
+        assert results == [A] * 50
+        assert store_b.status().loads == 1
+
+
+async def test_unknown_ids_are_negatively_cached_briefly(redis_server: RedisServer) -> None:
+    async with node(redis_server, absent_ttl=0.3) as (a, store_a), node(redis_server) as (b, _):
+        for _ in range(20):
+            assert await a.get("made-up") is None
+        assert store_a.status().loads == 1
+        assert a.statistics().absent_hits == 19
+        await b.create("made-up", B)  # its invalidation clears a's negative entry
+
+        async def visible_on_a() -> bool:
+            return await a.get("made-up") == B
+
+        await eventually(visible_on_a)
+
+
+async def test_max_sessions_evicts_from_the_cache_never_from_redis(
+    redis_server: RedisServer,
+) -> None:
+    async with node(redis_server, max_sessions=5, persist_requests=1000) as (a, store_a):
+        for i in range(20):
+            await a.create(f"s{i}", A)
+            await a.touch(f"s{i}")  # dirty: written on eviction
+        assert a.statistics().live_sessions == 5
+        assert a.statistics().evicted == 15
+        for i in range(20):
+            assert await a.get(f"s{i}") == A  # reloaded from Redis
+        assert a.statistics().live_sessions == 5
+        assert store_a.status().loads >= 15
+
+
+async def test_id_collision_is_an_error_and_the_stored_session_wins(
+    redis_server: RedisServer,
+) -> None:
+    async with node(redis_server) as (a, _), node(redis_server) as (b, _):
+        await a.create("s", A)
+        with pytest.raises(SessionExistsError):
+            await b.create("s", B)
+        assert await b.get("s") == A  # b dropped its own copy and read the stored one
+        with pytest.raises(SessionExistsError):
+            await a.create("s", B)  # a re-create on the same node collides too
+        assert await a.get("s") == A
+
+
+async def test_delete_and_create_of_one_id_in_one_wake_up_agree_everywhere(
+    redis_server: RedisServer,
+) -> None:
+    async with node(redis_server) as (a, _), node(redis_server) as (b, _):
+        for round_ in range(10):
+            await a.create(f"s{round_}", A)
+            async with trio.open_nursery() as nursery:  # applied in either order
+                nursery.start_soon(a.delete, f"s{round_}")
+                nursery.start_soon(a.create, f"s{round_}", B)
+            assert await a.get(f"s{round_}") == await b.get(f"s{round_}")
+
+
+def test_coalesce_keeps_what_a_shared_store_must_know() -> None:
+    from engine.storage import Put, PutKind, coalesce
+
+    create, update = Put(b"c", 1.0, PutKind.CREATE), Put(b"u", 2.0)
+    assert coalesce(create, update) == Put(b"u", 2.0, PutKind.CREATE)  # still a create
+    assert coalesce(None, create) == Put(b"c", 1.0, PutKind.REPLACE)  # delete, then create
+    assert coalesce(coalesce(None, create), update) == Put(b"u", 2.0, PutKind.REPLACE)
+    assert coalesce(create, None) is None
+    assert coalesce(update, update) is update
+
+
+async def test_dropped_subscription_clears_the_cache_and_keeps_touches(
+    redis_server: RedisServer,
+) -> None:
+    async with node(redis_server, persist_requests=1000) as (a, store_a):
+        await a.create("s", A)
+        await a.touch("s")
+        before = (await a.info("s")).expires  # type: ignore[union-attr]
+        redis_server.command("CLIENT", "KILL", "TYPE", "pubsub")
+
+        async def cleared() -> bool:
+            return a.statistics().dropped >= 1
+
+        await eventually(cleared, 10)
+        assert store_a.status().resubscribes == 1
+        info = await a.info("s")  # reloaded, with the touch written before the drop
+        assert info is not None and info.expires == pytest.approx(before, abs=0.01)
+
+
+async def test_expiry_by_redis_while_cached(redis_server: RedisServer) -> None:
+    async with (
+        node(redis_server, ttl=0.5) as (a, _),
+        node(redis_server, ttl=0.5, persist_requests=1000, flush_interval=60) as (b, _),
+    ):
+        await a.create("s", A)
+        assert await b.get("s") == A  # cached on b
+        await trio.sleep(0.3)
+        assert await b.touch("s")  # extends b's copy only: not written yet
+        await trio.sleep(0.35)  # Redis expired the key; b still holds it
+        assert await a.get("s") is None
+        await b.flush()  # the touch finds the key gone: b drops its copy
+        assert await b.get("s") is None
+        assert b.statistics().dropped == 1
+
+
+async def test_redis_down_creates_fail_fast_and_cached_gets_keep_working(
+    redis_server: RedisServer,
+) -> None:
+    async with node(redis_server, redis_timeout=0.3) as (a, _):
+        await a.create("s", A)
+        redis_server.kill()
+        start = trio.current_time()
+        with pytest.raises(StorageError):
+            await a.create("t", B)
+        with pytest.raises(StorageError):
+            await a.get("not-cached")
+        assert await a.get_and_touch("s") == A
+        assert trio.current_time() - start < 2.0
+        redis_server.start()
+
+        async def works() -> bool:
+            try:
+                await a.create("u", B)
+            except StorageError:
+                return False
+            return True
+
+        await eventually(works, 10)
+        assert await a.get("u") == B
