@@ -285,16 +285,29 @@ class RedisStore:
         if self._password is not None:
             options["password"] = self._password
         if self.cluster:
-            plain = url.replace("+cluster", "", 1)
-            return coredis.RedisCluster.from_url(plain, **options)
+            from coredis.connection import TCPLocation
+
+            parts = urllib.parse.urlsplit(url)
+            nodes = []
+            for host in parts.netloc.rpartition("@")[2].split(","):
+                name, _, port = host.rpartition(":")
+                nodes.append(TCPLocation(name.strip("[]") or "localhost", int(port or 6379)))
+            if parts.username:
+                options["username"] = urllib.parse.unquote(parts.username)
+            if parts.password is not None and "password" not in options:
+                options["password"] = urllib.parse.unquote(parts.password)
+            options.pop("max_connections")
+            return coredis.RedisCluster(
+                startup_nodes=nodes, ssl=self._scheme.startswith("rediss"), **options
+            )
         if self._scheme == "redis+sentinel":
             return _SentinelClient(url, options)
         return coredis.Redis.from_url(url, **options)
 
     async def _server_version(self) -> str:
         info = await self._client.info("server")
-        if self.cluster:  # {node: section}
-            info = next(iter(info.values()))
+        if "redis_version" not in info and info and isinstance(next(iter(info.values())), dict):
+            info = next(iter(info.values()))  # {node: section}
         return str(info.get("valkey_version") or info.get("redis_version") or "0")
 
     async def aclose(self) -> None:

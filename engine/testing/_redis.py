@@ -4,6 +4,7 @@ folder, started, stopped, killed, paused and restarted on demand. Nothing here m
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -30,6 +31,25 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def cluster_port() -> int:
+    """A free port below 55536 whose cluster bus port (10000 higher) is free too."""
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randrange(20000, 45000)
+        if _is_free(port) and _is_free(port + 10000):
+            return port
+    raise RuntimeError("no free port pair for a cluster node")
 
 
 def _command(port: int, *args: str, timeout: float = 1.0) -> bytes:
@@ -176,6 +196,7 @@ class RedisCluster:
         self.servers = [
             RedisServer(
                 folder / f"node{i}",
+                port=cluster_port(),
                 extra=["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"],
             )
             for i in range(size)

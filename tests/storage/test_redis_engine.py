@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import trio
 
 from engine import ConnectionConfig, Engine, EngineConfig, StorageError, open_engine
 from engine.storage import RedisStore, SessionExistsError
-from engine.testing import RedisServer
+from engine.testing import RedisCluster, RedisServer
+
+from .conftest import need_redis
 
 A = ConnectionConfig(tags=("a",))
 B = ConnectionConfig(tags=("b",))
@@ -189,3 +192,34 @@ async def test_redis_down_creates_fail_fast_and_cached_gets_keep_working(
 
         await eventually(works, 10)
         assert await a.get("u") == B
+
+
+async def test_cluster_smoke(tmp_path: Path) -> None:
+    """A three-node local Redis Cluster: creates, cross-node gets, touches and deletes with
+    invalidation, keys spread over the nodes."""
+    need_redis()
+    with RedisCluster(tmp_path / "cluster") as cluster:
+        config = EngineConfig(ttl=3600, flush_interval=0.2)
+        store_a = RedisStore(cluster.url, prefix="c:")
+        store_b = RedisStore(cluster.url, prefix="c:")
+        async with (
+            open_engine(config, store=store_a) as a,
+            open_engine(config, store=store_b) as b,
+        ):
+            ids = [f"s{i}" for i in range(30)]
+            for session_id in ids:
+                await a.create(session_id, A)
+            for session_id in ids:
+                assert await b.get_and_touch(session_id) == A
+            await b.flush()  # touch persists: PEXPIREAT pipelined across the nodes
+            with pytest.raises(SessionExistsError):
+                await b.create("s0", B)
+            assert await b.delete("s1") is True
+
+            async def gone_on_a() -> bool:
+                return await a.get("s1") is None
+
+            await eventually(gone_on_a)
+        counts = [int(s.command("DBSIZE")[1:].split()[0]) for s in cluster.servers]
+        assert sum(counts) == 29
+        assert all(counts), counts  # every node holds some sessions
