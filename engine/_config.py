@@ -55,6 +55,27 @@ def _check_path(instance: object, attribute: attrs.Attribute[Any], value: object
         raise ConfigError(attribute.name, f"must be a path or None, got {value!r}")
 
 
+def _one_of(*choices: str) -> Any:
+    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if value not in choices:
+            raise ConfigError(attribute.name, f"must be one of {', '.join(choices)}, got {value!r}")
+
+    return check
+
+
+def _nonempty(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(attribute.name, f"must be a non-empty string, got {value!r}")
+
+
+def _redacted(url: object) -> str:
+    if not isinstance(url, str):
+        return repr(url)
+    from .storage import redact_url
+
+    return repr(redact_url(url))
+
+
 @final
 @attrs.frozen(kw_only=True)
 class EngineConfig:
@@ -91,12 +112,42 @@ class EngineConfig:
     retry_interval: float = attrs.field(default=1.0, validator=_positive_number)
     """Delay before a failed storage write is retried."""
 
+    store: str = attrs.field(default="directory", validator=_one_of("directory", "redis"))
+    """Where sessions live: ``directory`` (``storage_dir``, or memory only without it) or
+    ``redis`` (a Redis or Valkey shared by several engines: ``redis_url``)."""
+
+    redis_url: str | None = attrs.field(default=None, repr=_redacted)
+    """With ``store="redis"``: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://``
+    (TLS), ``unix://`` (socket), ``redis+cluster://host:port`` or
+    ``redis+sentinel://host:port[,host:port]/service``. The password may instead come from
+    ``ENGINE_REDIS_PASSWORD``; it is never logged."""
+
+    redis_prefix: str = attrs.field(default="engine:", validator=_nonempty)
+    """Key prefix in Redis (keys are ``<prefix>{<id>}``; invalidations go to the channel
+    ``<prefix>invalidate``)."""
+
+    redis_timeout: float = attrs.field(default=1.0, validator=_positive_number)
+    """Longest wait for Redis to answer before a create, delete or load fails with
+    :class:`~engine.StorageError` (the server answers 503)."""
+
     close_timeout: float = attrs.field(default=30.0, validator=_positive_number)
     """Longest time closing may spend on the final flush (shielded from cancellation)."""
 
     absent_ttl: float = attrs.field(default=1.0, validator=_positive_number)
     """Shared stores (Redis): how long an id that storage did not hold is answered as unknown
     without asking storage again (the negative cache; bounded at 10,000 ids)."""
+
+    def __attrs_post_init__(self) -> None:
+        if self.store == "redis" and not self.redis_url:
+            raise ConfigError("redis_url", 'required with store="redis"')
+        if self.redis_url is not None:
+            scheme = self.redis_url.partition("://")[0].lower()
+            from .storage._redis import SCHEMES
+
+            if scheme not in SCHEMES:
+                raise ConfigError(
+                    "redis_url", f"scheme must be one of {', '.join(SCHEMES)}, got {scheme!r}"
+                )
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, object]) -> EngineConfig:
@@ -204,6 +255,23 @@ def _env_optional_int(value: object, t: object) -> int | None:
     return None if str(value).strip().lower() in _NONE_WORDS else _env_int(value, t)
 
 
+def _strict_optional_str(value: object, _: object) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise TypeError(f"expected a string, got {value!r}")
+
+
+def _strict_str(value: object, _: object) -> str:
+    if isinstance(value, str):
+        return value
+    raise TypeError(f"expected a string, got {value!r}")
+
+
+def _env_optional_str(value: object, _: object) -> str | None:
+    text = str(value)
+    return None if text.strip().lower() in _NONE_WORDS else text
+
+
 def _env_path(value: object, _: object) -> Path | None:
     return None if str(value).strip().lower() in _NONE_WORDS else Path(str(value))
 
@@ -214,6 +282,11 @@ def _converter(number: Any, integer: Any, optional_integer: Any, path: Any) -> c
     converter.register_structure_hook(int, integer)
     converter.register_structure_hook(int | None, optional_integer)
     converter.register_structure_hook(Path | None, path)
+    strict = number is _strict_number
+    converter.register_structure_hook(str, _strict_str if strict else (lambda v, _: str(v)))
+    converter.register_structure_hook(
+        str | None, _strict_optional_str if strict else _env_optional_str
+    )
     converter.register_unstructure_hook(Path, str)
     return converter
 

@@ -162,6 +162,8 @@ class Statistics:
     another engine, expired in the store, a dropped invalidation subscription)."""
     absent_hits: int = 0
     """Requests for ids a shared store recently did not hold, answered without asking it."""
+    store_state: str = ""
+    """A shared store's connection state (``up``, ``down``, ``closed``); empty for others."""
 
 
 class _Writer:
@@ -336,6 +338,7 @@ class Engine(Generic[P]):
         # Lazy stores (not preloading): calls on an id being loaded, in arrival order.
         self._lazy = store is not None and not store.preloads
         self._loading: dict[str, list[_Call]] = {}
+        self._shared = store if isinstance(store, SharedStore) else None
         self._stale_loads: set[str] = set()
         """Ids whose load in flight may have read what another engine changed since."""
         self._absent_hits = 0
@@ -430,6 +433,7 @@ class Engine(Generic[P]):
             requests=core.applied,
             dropped=core.dropped,
             absent_hits=self._absent_hits,
+            store_state=self._shared.state if self._shared is not None else "",
         )
 
     # -- request path -------------------------------------------------------------------------

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from ._config import EngineConfig
 from ._engine import Engine, run_engine
-from .storage import DirectoryStore, Store
+from .storage import DirectoryStore, RedisStore, Store
+from .storage._redis import redis_password_from_env
 
 if TYPE_CHECKING:
     from .mcp._payload import ConnectionConfig
@@ -49,7 +50,9 @@ def open_engine(
 ) -> AbstractAsyncContextManager[Engine[Any]]:
     """Open an engine: load what storage holds, start the actor, yield the :class:`Engine`.
 
-    Storage is *store* if given, else a :class:`~engine.DirectoryStore` on
+    Storage is *store* if given, else with ``config.store == "redis"`` a
+    :class:`~engine.storage.RedisStore` on ``config.redis_url`` (password also from
+    ``ENGINE_REDIS_PASSWORD``), else a :class:`~engine.DirectoryStore` on
     ``config.storage_dir``, else none (memory only). *payload_type* is any attrs class, msgspec
     Struct or dataclass (by default the MCP :class:`~engine.ConnectionConfig`); payloads
     round-trip exactly through storage. *wall_time* is read once, as the anchor for persisted
@@ -64,6 +67,14 @@ def open_engine(
         from .mcp._payload import ConnectionConfig
 
         payload_type = ConnectionConfig
-    if store is None and config.storage_dir is not None:
+    if store is None and config.store == "redis":
+        assert config.redis_url is not None  # checked by EngineConfig
+        store = RedisStore(
+            config.redis_url,
+            prefix=config.redis_prefix,
+            timeout=config.redis_timeout,
+            password=redis_password_from_env(),
+        )
+    elif store is None and config.storage_dir is not None:
         store = DirectoryStore(config.storage_dir)
     return run_engine(config, payload_type, store, wall_time)

@@ -41,6 +41,7 @@ from .._engine import Statistics
 from .._errors import EngineClosedError, InvalidSessionIdError, StorageError
 from .._ids import new_session_id, validate_session_id
 from .._open import open_engine
+from ..storage import redact_url
 from ._config import ServerConfig
 from ._metrics import Metrics
 from ._session import McpSession, TagFilterError, connection_from_query
@@ -505,10 +506,17 @@ async def serve(
                     _serve_app, app, hypercorn_config(config), wait_for_shutdown
                 )
                 storage = config.engine.storage_dir
+                where = (
+                    redact_url(config.engine.redis_url or "")
+                    if config.engine.store == "redis"
+                    else storage.resolve()
+                    if storage
+                    else "memory only"
+                )
                 if announce is not None:
                     print(
                         f"engine: serving on {binds[0]}/mcp "
-                        f"(storage: {storage.resolve() if storage else 'memory only'}, "
+                        f"(storage: {where}, "
                         f"{_sessions(engine.statistics().live_sessions)} loaded)",
                         file=announce,
                         flush=True,

@@ -159,6 +159,11 @@ class SharedStore(Store, Protocol):
     cache of it: :attr:`~Store.preloads` is false, sessions load on a miss, and the store tells
     every engine about changes made by the others."""
 
+    @property
+    def state(self) -> str:
+        """Connection state for statistics: ``up``, ``down`` (retrying) or ``closed``."""
+        ...
+
     def invalidations(self) -> trio.MemoryReceiveChannel[Invalidation]:
         """The changes made by other engines, in the order the store learnt them. Only one
         reader (the engine); it ends when the store closes."""

@@ -319,6 +319,12 @@ class RedisStore:
         self._stop.set()
         await self._stopped.wait()
 
+    @property
+    def state(self) -> str:
+        """``up``, ``down`` (the last command could not reach Redis; retrying with backoff) or
+        ``closed``. Not a checkpoint."""
+        return self._status.state
+
     def status(self) -> RedisStatus:
         """A copy of the connection state and counters. Not a checkpoint."""
         return attrs.evolve(self._status)
