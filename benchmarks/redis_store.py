@@ -93,8 +93,8 @@ async def measure(url: str, folder: Path, quick: bool) -> dict[str, Any]:
                 get_ms.append((time.perf_counter() - t) * 1000)
         cold_ms.sort()
         get_ms.sort()
-        out["first_request_p50_ms"] = percentile(cold_ms, 50)
-        out["bare_get_p50_ms"] = percentile(get_ms, 50)
+        out["first_request_p50_ms"] = percentile(cold_ms, 0.5)
+        out["bare_get_p50_ms"] = percentile(get_ms, 0.5)
         out["first_request_vs_bare_get"] = out["first_request_p50_ms"] / out["bare_get_p50_ms"]
 
     # 3. cross-node delete visibility under load
@@ -128,8 +128,8 @@ async def measure(url: str, folder: Path, quick: bool) -> dict[str, Any]:
         nursery.cancel_scope.cancel()
     visible_ms.sort()
     out["delete_visibility_ms"] = {
-        "p50": percentile(visible_ms, 50),
-        "p99": percentile(visible_ms, 99),
+        "p50": percentile(visible_ms, 0.5),
+        "p99": percentile(visible_ms, 0.99),
         "max": visible_ms[-1],
     }
 
