@@ -12,21 +12,19 @@ import os
 import platform
 import statistics
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
 import attrs
 import msgspec
 
-from engine import ConnectionConfig, StoredSession, new_session_id
-from engine._codec import Codec
-from engine.storage._directory import file_name_for
+from engine import FORMAT_VERSION, ConnectionConfig, StoredSession, new_session_id
+from engine.storage import file_name_for
 
 __all__ = [
     "DEFAULT_PAYLOAD",
     "Goal",
-    "MemoryStore",
     "Table",
     "WorkloadResult",
     "format_result",
@@ -103,49 +101,15 @@ def write_session_files(folder: Path, ids: Sequence[str], now: float) -> None:
     """Fill *folder* with session files in the directory store's format (plain writes: the
     fixture needs no durability), as if an engine had persisted them."""
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    codec = Codec(ConnectionConfig)
+    encoder = msgspec.json.Encoder()
     for sid in ids:
-        data = codec.encode(sid, DEFAULT_PAYLOAD, now, now, now + TTL)
+        record = StoredSession(FORMAT_VERSION, sid, now, now, now + TTL, DEFAULT_PAYLOAD)
+        data = encoder.encode(record)
         fd = os.open(folder / file_name_for(sid), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.write(fd, data)
         finally:
             os.close(fd)
-
-
-@attrs.define
-class MemoryStore:
-    """A :class:`~engine.Store` in memory: returns given records at open, counts writes. For
-    workloads that measure the engine, not the disk."""
-
-    records: list[Any] = attrs.Factory(list)
-    puts: int = 0
-    deletes: int = 0
-    batches: int = 0
-    preloads: bool = True
-    expires_keys: bool = False
-
-    async def open(self) -> None:
-        pass
-
-    async def load_all(self, parse: Callable[[bytes], Any], now: float) -> list[Any]:
-        records, self.records = self.records, []
-        return records
-
-    async def load_one(self, session_id: str, parse: Callable[[bytes], Any]) -> Any:
-        return None
-
-    async def write(self, batch: Mapping[str, object]) -> Mapping[str, Exception]:
-        self.batches += 1
-        for op in batch.values():
-            if op is None:
-                self.deletes += 1
-            else:
-                self.puts += 1
-        return {}
-
-    async def aclose(self) -> None:
-        pass
 
 
 def optional_module(name: str) -> Any:

@@ -27,7 +27,7 @@ import trio
 
 from engine import ConnectionConfig, EngineConfig, open_engine
 from engine._codec import Codec
-from engine.storage._directory import file_name_for
+from engine.storage import file_name_for
 
 from ._common import (
     DEFAULT_PAYLOAD,

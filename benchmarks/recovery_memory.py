@@ -23,11 +23,11 @@ from pathlib import Path
 import trio
 
 from engine import ConnectionConfig, EngineConfig, open_engine
+from engine.testing import MemoryStore
 
 from ._common import (
     DEFAULT_PAYLOAD,
     Goal,
-    MemoryStore,
     Table,
     WorkloadResult,
     median,
@@ -61,7 +61,7 @@ def _recovery(sizes: list[int], repeats: int, work_dir: Path | None) -> list[lis
 
 async def _measure_memory(n: int, payload: ConnectionConfig, persistent: bool) -> float:
     ids = session_ids(n)
-    store = MemoryStore() if persistent else None
+    store = MemoryStore(keep=False) if persistent else None
     async with open_engine(EngineConfig(), store=store) as engine:
         # Warm up the engine's code paths and containers before measuring.
         await engine.create("warm-up", payload)

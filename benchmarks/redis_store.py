@@ -81,9 +81,7 @@ async def measure(url: str, folder: Path, quick: bool) -> dict[str, Any]:
         # 2. first request on a cold node vs a bare GET
         cold_ms: list[float] = []
         get_ms: list[float] = []
-        async with open_engine(
-            _config(store="redis", redis_url=url, redis_prefix="b1:")
-        ) as cold:
+        async with open_engine(_config(store="redis", redis_url=url, redis_prefix="b1:")) as cold:
             for session_id in ids:
                 t = time.perf_counter()
                 await cold.get_and_touch(session_id)

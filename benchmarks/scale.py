@@ -17,11 +17,12 @@ import trio
 
 from engine import EngineConfig, open_engine
 from engine._core import SessionTable
+from engine.storage import FORMAT_VERSION, StoredSession
+from engine.testing import MemoryStore
 
 from ._common import (
     DEFAULT_PAYLOAD,
     TTL,
-    MemoryStore,
     Table,
     WorkloadResult,
     median,
@@ -38,7 +39,7 @@ TASKS = 100
 async def _throughput(ids: list[str], rounds: int, duration: float) -> dict[str, float]:
     """Median get-and-touch/s of the engine, with the bound and the do-nothing actor measured in
     the same rounds (interleaved) for reference."""
-    store = MemoryStore(records=stored_records(ids, time.time()))
+    store = MemoryStore(records=stored_records(ids, time.time()), keep=False)
     rng = random.Random(5)
     per_task = [[ids[rng.randrange(len(ids))] for _ in range(2048)] for _ in range(TASKS)]
     async with (
@@ -68,7 +69,8 @@ def _sweep(ids: list[str]) -> tuple[float, int, float]:
     n = len(ids)
     now = 1.7e9
     for i, sid in enumerate(ids):
-        table.load(sid, DEFAULT_PAYLOAD, now, now, now + TTL * (i + 1) / n, now)
+        expires = now + TTL * (i + 1) / n
+        table.load(StoredSession(FORMAT_VERSION, sid, now, now, expires, DEFAULT_PAYLOAD), now)
     due = max(1, min(n // 100, 10_000))
     at = now + TTL * due / n + 1e-3
     t0 = time.perf_counter()

@@ -59,8 +59,7 @@ class _DictSessions:
 
 
 def _serve(variant: str, port: int, storage_dir: str) -> None:
-    from engine.mcp._config import load_server_config
-    from engine.mcp._server import McpApp, _serve_app, hypercorn_config, serve
+    from engine.mcp import McpApp, load_server_config, serve, serve_app
 
     config = load_server_config(
         environ={},
@@ -80,7 +79,7 @@ def _serve(variant: str, port: int, storage_dir: str) -> None:
                     return
 
             async with trio.open_nursery() as nursery:
-                binds = await nursery.start(_serve_app, app, hypercorn_config(config), shutdown)
+                binds = await nursery.start(serve_app, app, config, shutdown)
                 print(f"engine: serving on {binds[0]}/mcp (dict variant)", flush=True)
 
     trio.run(main)

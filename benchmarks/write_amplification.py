@@ -19,8 +19,9 @@ import trio
 import trio.testing
 
 from engine import EngineConfig, open_engine
+from engine.testing import MemoryStore
 
-from ._common import DEFAULT_PAYLOAD, MemoryStore, Table, WorkloadResult, session_ids
+from ._common import DEFAULT_PAYLOAD, Table, WorkloadResult, session_ids
 
 NAME = "write_amplification"
 
@@ -61,7 +62,7 @@ def original_policy(schedule: list[int], rate: float) -> tuple[int, int]:
 
 
 async def _engine_counts(sessions: int, schedule: list[int], rate: float) -> tuple[int, int]:
-    store = MemoryStore()
+    store = MemoryStore(keep=False)
     config = EngineConfig(persist_requests=N, persist_interval=M, flush_interval=TICK)
     ids = session_ids(sessions)
     async with open_engine(config, store=store) as engine:

@@ -10,35 +10,33 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import logging
-import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import attrs
 import msgspec
 import trio
 
-from ._codec import FORMAT_VERSION, StoredSession
-from ._config import EngineConfig
+from ._demo import DEFAULT_DEMO_DIR, run_demo
 from ._errors import ConfigError, StorageError, StorageLockedError
-from ._ids import new_session_id
-from ._open import open_engine
-from .mcp._config import ServerConfig, load_server_config
-from .mcp._payload import ConnectionConfig, TagExpression
+from .mcp._config import ServerConfig, load_server_config, settings
+from .mcp._payload import ConnectionConfig
 from .mcp._session import summarize
-from .storage._directory import (
-    LOCK_NAME,
-    QUARANTINE,
-    SUFFIX,
-    TEMP_PREFIX,
+from .storage import (
     DirectoryStore,
-    file_name_for,
+    ForeignEntry,
+    LockState,
+    ProblemKind,
+    RecordDecoder,
+    ScannedRecord,
+    ScanProblem,
+    probe_lock,
+    scan,
 )
 
 __all__ = [
@@ -59,39 +57,6 @@ EXIT_NOT_A_STORE: Final = 5
 EXIT_BAD_CONFIG: Final = 6
 
 
-async def _demo(storage_dir: Path) -> None:
-    config = EngineConfig(storage_dir=storage_dir, persist_requests=3)
-    print(f"storage folder: {storage_dir}")
-    async with open_engine(config) as engine:
-        before = engine.statistics().live_sessions
-        print(f"opened: {before} session(s) loaded from earlier runs")
-        session_id = new_session_id()
-        payload = ConnectionConfig(
-            tags=("web", "api"),
-            tag_expression=TagExpression(
-                "and", children=(TagExpression("tag", "web"), TagExpression("tag", "api"))
-            ),
-            tag_filter_mode="advanced",
-        )
-        await engine.create(session_id, payload)
-        print(f"created {session_id} with tags {payload.tags}")
-        print(f"get  -> tags {(await engine.get(session_id) or payload).tags}")
-        for n in range(1, 6):
-            ok = await engine.touch(session_id)
-            print(f"touch {n} -> {ok}")
-        stats = engine.statistics()
-        print(f"writes so far: {stats.persists} (3 touches trigger a persist)")
-        print("closing the engine (final flush) ...")
-    print("reopening from the same folder ...")
-    async with open_engine(config) as engine:
-        info = await engine.info(session_id)
-        assert info is not None, "the session did not survive the restart"
-        print(f"after restart: {session_id} is live, tags {info.payload.tags}")
-        print(f"  created {info.created_at:.3f}, last access {info.last_accessed_at:.3f}")
-        print(f"  live sessions now: {engine.statistics().live_sessions}")
-    print("run this command again: the sessions of this run will be loaded too")
-
-
 class _CliError(Exception):
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
@@ -100,33 +65,14 @@ class _CliError(Exception):
 
 # -- serve ------------------------------------------------------------------------------------
 
-_SERVE_FLAGS: Final = (
-    # (flag, field, help)
-    ("--host", "host", "address to listen on (default 127.0.0.1)"),
-    ("--port", "port", "TCP port (default 8080; 0 picks a free one)"),
-    ("--max-body-bytes", "max_body_bytes", "largest request body (default 1 MiB)"),
-    ("--graceful-timeout", "graceful_timeout", "seconds in-flight requests get at shutdown"),
-    ("--allowed-origins", "allowed_origins", "extra browser origins allowed, comma-separated"),
-    ("--storage-dir", "storage_dir", "session folder (default ./sessions; 'none': memory only)"),
-    ("--store", "store", "'directory' (default) or 'redis' (sessions shared by several servers)"),
-    ("--redis-url", "redis_url", "with --store redis: redis://[:password@]host:port/db, ..."),
-    ("--redis-prefix", "redis_prefix", "key prefix in Redis (default engine:)"),
-    ("--ttl", "ttl", "idle seconds before a session expires (default 86400)"),
-    ("--persist-requests", "persist_requests", "N: persist after this many requests"),
-    ("--persist-interval", "persist_interval", "M: persist a touched session after M seconds"),
-    ("--flush-interval", "flush_interval", "seconds between flushes of dirty sessions"),
-    ("--max-sessions", "max_sessions", "bound on live sessions ('none': no bound)"),
-    ("--queue-size", "queue_size", "bound of the engine's request queue"),
-)
-
 
 def _serve(args: argparse.Namespace) -> int:
     from .mcp._server import serve
 
     flags = {
-        field: getattr(args, field)
-        for _, field, _ in _SERVE_FLAGS
-        if getattr(args, field) is not None
+        setting.name: getattr(args, setting.name)
+        for setting in settings()
+        if getattr(args, setting.name) is not None
     }
     try:
         config = load_server_config(config_file=args.config, flags=flags)
@@ -142,6 +88,9 @@ def _serve(args: argparse.Namespace) -> int:
         trio.run(partial(serve, config, announce=sys.stdout))
     except Exception as exc:  # nurseries wrap errors in groups: look at the one inside
         error = _single(exc)
+        if isinstance(error, ConfigError):  # a bound the system cannot give (open files)
+            print(f"engine serve: invalid configuration: {error}", file=sys.stderr)
+            return EXIT_BAD_CONFIG
         if isinstance(error, StorageLockedError):
             print(f"engine serve: {error}; stop it first", file=sys.stderr)
             return EXIT_LOCKED
@@ -155,6 +104,11 @@ def _serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _count(n: int, noun: str) -> str:
+    """``1 session``, ``2 sessions``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _single(exc: BaseException) -> BaseException:
     """The one exception inside nested single-member exception groups, else *exc*."""
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
@@ -166,112 +120,170 @@ def _address(config: ServerConfig) -> str:
     return f"{config.host}:{config.port}"
 
 
+# -- safe output ------------------------------------------------------------------------------
+#
+# Records hold client-controlled strings (clientInfo, tags, capabilities) and folders can hold
+# any file name: everything the commands print goes through _safe (or _safe_json), so no control
+# character (terminal escape sequences, C1 controls, bidi overrides) reaches the terminal raw.
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def _safe(text: str) -> str:
+    """*text* with every non-printable character (controls, format characters such as bidi
+    overrides, separators other than the space, surrogates) replaced by a visible escape."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def _json_escape(char: str) -> str:
+    code = ord(char)
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    code -= 0x10000
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+
+
+def _safe_json(value: object) -> str:
+    """*value* as compact JSON whose non-printable characters are all ``\\u`` escapes (msgspec
+    escapes C0 controls itself; DEL, C1 controls and format characters it leaves raw, and in
+    compact JSON they can only occur inside strings)."""
+    text = msgspec.json.encode(value).decode()
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _json_escape(c) for c in text)
+
+
+def _out(line: str = "") -> None:
+    print(_safe(line))
+
+
+def _err(line: str) -> None:
+    print(_safe(line), file=sys.stderr)
+
+
+class _SafeFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return "\n".join(_safe(line) for line in super().format(record).split("\n"))
+
+
+@contextlib.contextmanager
+def _safe_logging(level: int) -> Iterator[None]:
+    """While a command runs, the engine's log lines of *level* and above go to stderr, escaped
+    like everything else it prints."""
+    logger = logging.getLogger("engine")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(level)
+    handler.setFormatter(_SafeFormatter("engine: %(levelname)s %(message)s"))
+    propagate = logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
 # -- inspect / stats / purge ------------------------------------------------------------------
 
+_FILE_PROBLEMS: Final = frozenset(
+    {
+        ProblemKind.UNREADABLE,
+        ProblemKind.NOT_A_FILE,
+        ProblemKind.TOO_LARGE,
+        ProblemKind.CORRUPT,
+        ProblemKind.BAD_ID,
+    }
+)
+"""Problems of a session file (what ``unreadable`` counts)."""
 
-def _check_store(path: Path) -> None:
-    """Raise :class:`_CliError` unless *path* is a session store folder."""
+
+@attrs.define
+class _Survey:
+    """What :func:`engine.storage.scan` and :func:`engine.storage.probe_lock` found."""
+
+    lock: LockState
+    live: list[ScannedRecord] = attrs.Factory(list)
+    expired: list[ScannedRecord] = attrs.Factory(list)
+    damaged: list[ScanProblem] = attrs.Factory(list)
+    temp_files: int = 0
+    quarantined: int = 0
+    foreign: int = 0
+    folder_problem: str | None = None
+
+    @property
+    def bytes(self) -> int:
+        return sum(r.size for r in self.live) + sum(r.size for r in self.expired)
+
+
+def _survey(path: Path) -> _Survey:
+    """Look at *path* without changing anything; raise :class:`_CliError` unless it is a session
+    store folder (it has a lock file or entries named like session or temp files)."""
     if not path.exists():
         raise _CliError(EXIT_MISSING, f"{path}: no such folder")
     if not path.is_dir():
         raise _CliError(EXIT_NOT_A_STORE, f"{path}: not a folder, so not a session store")
+    survey = _Survey(lock=probe_lock(path))
     try:
-        names = os.listdir(path)
-    except OSError as exc:
-        raise _CliError(EXIT_ERROR, f"{path}: cannot list: {exc.strerror}") from None
-    if LOCK_NAME not in names and not any(n.endswith(SUFFIX) for n in names):
+        for item in scan(path):
+            if isinstance(item, ScannedRecord):
+                (survey.expired if item.expired else survey.live).append(item)
+            elif isinstance(item, ForeignEntry):
+                survey.foreign += 1
+            elif item.kind in _FILE_PROBLEMS:
+                survey.damaged.append(item)
+            elif item.kind is ProblemKind.TEMP_LEFTOVER:
+                survey.temp_files += 1
+            elif item.kind is ProblemKind.QUARANTINED:
+                survey.quarantined += 1
+            elif item.kind is ProblemKind.FOLDER_MODE:
+                survey.folder_problem = item.detail
+    except StorageError as exc:
+        raise _CliError(EXIT_ERROR, f"{path}: {exc.strerror or exc}") from None
+    if not (survey.lock.exists or survey.live or survey.expired or survey.damaged) and not (
+        survey.temp_files
+    ):
         raise _CliError(
             EXIT_NOT_A_STORE,
-            f"{path}: not a session store (it has no {LOCK_NAME} and no *{SUFFIX} files); "
+            f"{path}: not a session store (it has no lock file and no session files); "
             "give the folder an engine was started with (storage_dir)",
         )
+    return survey
 
 
-def _holder(path: Path) -> str | None:
-    """The pid (or "?") of a running engine holding *path*, else None. Never blocks, never
-    takes the lock for longer than the probe."""
-    try:
-        fd = os.open(path / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        return None
-    except OSError:
-        return "?"
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        pid = os.pread(fd, 32, 0).decode(errors="replace").strip()
-        return pid or "?"
-    finally:
-        os.close(fd)
-    return None
-
-
-_record_decoder: Final = msgspec.json.Decoder(StoredSession[Any])
-
-
-def _parse_record(data: bytes) -> StoredSession[Any]:
-    """Decode a record without knowing its payload type (the payload stays a plain dict)."""
-    try:
-        record = _record_decoder.decode(data)
-    except msgspec.DecodeError as exc:
-        raise ValueError(f"not a session record: {exc}") from None
-    if record.v != FORMAT_VERSION:
-        raise ValueError(f"format version {record.v} (this engine reads {FORMAT_VERSION})")
-    return record
-
-
-@attrs.define
-class _Scan:
-    live: list[StoredSession[Any]] = attrs.Factory(list)
-    expired: list[StoredSession[Any]] = attrs.Factory(list)
-    corrupt: list[tuple[str, str]] = attrs.Factory(list)
-    temp_files: int = 0
-    quarantined: int = 0
-    foreign: int = 0
-    bytes: int = 0
-
-
-def _scan(path: Path, now: float) -> _Scan:
-    """Read every session file of *path* without changing anything."""
-    scan = _Scan()
-    with os.scandir(path) as entries:
-        for entry in entries:
-            name = entry.name
-            if name == LOCK_NAME:
-                continue
-            if name == QUARANTINE:
-                with contextlib.suppress(OSError):
-                    scan.quarantined = len(os.listdir(entry.path))
-                continue
-            if name.startswith(TEMP_PREFIX):
-                scan.temp_files += 1
-                continue
-            if not name.endswith(SUFFIX) or name.startswith("."):
-                scan.foreign += 1
-                continue
-            try:
-                if not entry.is_file(follow_symlinks=False):
-                    raise ValueError("not a regular file")
-                with open(entry.path, "rb") as f:
-                    data = f.read()
-                record = _parse_record(data)
-                if file_name_for(record.id) != name:
-                    raise ValueError(f"file name does not match session id {record.id!r}")
-            except FileNotFoundError:
-                continue  # deleted by a running engine while we looked
-            except (OSError, ValueError) as exc:
-                scan.corrupt.append((name, str(exc)))
-                continue
-            scan.bytes += len(data)
-            (scan.live if record.expires > now else scan.expired).append(record)
-    return scan
+def _warnings(path: Path, survey: _Survey) -> list[str]:
+    lines = []
+    if survey.lock.held:
+        pid = survey.lock.pid if survey.lock.pid is not None else "?"
+        lines.append(
+            f"note: a running engine (pid {pid}) holds {path}; files may lag its memory by up "
+            "to its flush interval"
+        )
+    if survey.lock.problem is not None:
+        lines.append(f"warning: lock file of {path}: {survey.lock.problem}")
+    if survey.folder_problem is not None:
+        lines.append(f"warning: {survey.folder_problem}; an engine refuses to open it")
+    return lines
 
 
 def _when(t: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+    except (OverflowError, OSError, ValueError):  # a time no calendar has
+        return f"{t!r:>19}"
 
 
 def _payload_summary(payload: object) -> str:
+    """A one-line summary of a payload (raises RecursionError on payloads nested too deeply)."""
     if not isinstance(payload, dict):
         return type(payload).__name__
     if "protocol_version" in payload:  # the reference server's McpSession
@@ -285,102 +297,117 @@ def _payload_summary(payload: object) -> str:
     try:
         return summarize(msgspec.convert(payload, ConnectionConfig))
     except msgspec.ValidationError:
-        return ", ".join(sorted(payload))[:60] or "{}"
+        return ", ".join(sorted(map(str, payload)))[:60] or "{}"
 
 
-def _held_note(path: Path) -> str | None:
-    holder = _holder(path)
-    if holder is None:
-        return None
-    return (
-        f"note: a running engine (pid {holder}) holds {path}; files may lag its memory by up to "
-        "its flush interval"
-    )
+def _too_deep(item: ScannedRecord) -> ScanProblem:
+    return ScanProblem(item.name, ProblemKind.CORRUPT, "record nested too deeply to show")
 
 
 def _inspect(args: argparse.Namespace) -> int:
     path: Path = args.dir
-    _check_store(path)
-    note = _held_note(path)
-    scan = _scan(path, time.time())
-    sessions = sorted(
-        scan.live + (scan.expired if args.all else []), key=lambda r: r.last_accessed_at
+    survey = _survey(path)
+    now = time.time()
+    shown = sorted(
+        survey.live + (survey.expired if args.all else []),
+        key=lambda item: item.record.last_accessed_at,
     )
+    damaged = list(survey.damaged)
     if args.json:
-        out = [
-            {
+        rows = []
+        for item in shown:
+            r = item.record
+            row = {
                 "id": r.id,
                 "created_at": r.created_at,
                 "last_accessed_at": r.last_accessed_at,
                 "expires": r.expires,
-                "expired": r.expires <= time.time(),
+                "expired": r.expires <= now,
                 "payload": r.payload,
             }
-            for r in sessions
-        ]
-        sys.stdout.write(msgspec.json.encode(out).decode() + "\n")
+            try:
+                rows.append(_safe_json(row))
+            except RecursionError:
+                damaged.append(_too_deep(item))
+        sys.stdout.write("[" + ",".join(rows) + "]\n")
+        for line in _warnings(path, survey):
+            _err(line)
     else:
-        if note:
-            print(note, file=sys.stderr)
-        print(f"{'session id':<44} {'created':<19}  {'last access':<19}  {'expires':<19}  payload")
-        for r in sessions:
-            flag = " (expired)" if r.expires <= time.time() else ""
-            print(
+        for line in _warnings(path, survey):
+            _err(line)
+        _out(f"{'session id':<44} {'created':<19}  {'last access':<19}  {'expires':<19}  payload")
+        for item in shown:
+            r = item.record
+            try:
+                summary = _payload_summary(r.payload)
+            except RecursionError:
+                damaged.append(_too_deep(item))
+                continue
+            flag = " (expired)" if r.expires <= now else ""
+            _out(
                 f"{r.id:<44} {_when(r.created_at)}  {_when(r.last_accessed_at)}  "
-                f"{_when(r.expires)}  {_payload_summary(r.payload)}{flag}"
+                f"{_when(r.expires)}  {summary}{flag}"
             )
-        print(
-            f"{len(scan.live)} live, {len(scan.expired)} expired"
-            + (f", {len(scan.corrupt)} unreadable" if scan.corrupt else "")
+        _out(
+            f"{len(survey.live)} live, {len(survey.expired)} expired"
+            + (f", {len(damaged)} unreadable" if damaged else "")
         )
-        for name, why in scan.corrupt:
-            print(f"unreadable: {name}: {why}", file=sys.stderr)
+    for problem in damaged:
+        _err(f"unreadable: {problem.name}: {problem.kind.value}: {problem.detail}")
     return EXIT_OK
 
 
 def _stats(args: argparse.Namespace) -> int:
     path: Path = args.dir
-    _check_store(path)
-    holder = _holder(path)
-    scan = _scan(path, time.time())
+    survey = _survey(path)
+    lock = survey.lock
     counts: dict[str, object] = {
         "folder": str(path.resolve()),
-        "held_by_pid": holder,
-        "live": len(scan.live),
-        "expired": len(scan.expired),
-        "unreadable": len(scan.corrupt),
-        "quarantined": scan.quarantined,
-        "temp_files": scan.temp_files,
-        "foreign_entries": scan.foreign,
-        "bytes": scan.bytes,
-        "oldest_access": min((r.last_accessed_at for r in scan.live), default=None),
-        "newest_access": max((r.last_accessed_at for r in scan.live), default=None),
+        "held_by_pid": (str(lock.pid) if lock.pid is not None else "?") if lock.held else None,
+        "live": len(survey.live),
+        "expired": len(survey.expired),
+        "unreadable": len(survey.damaged),
+        "quarantined": survey.quarantined,
+        "temp_files": survey.temp_files,
+        "foreign_entries": survey.foreign,
+        "bytes": survey.bytes,
+        "oldest_access": min((r.record.last_accessed_at for r in survey.live), default=None),
+        "newest_access": max((r.record.last_accessed_at for r in survey.live), default=None),
+        "lock_problem": lock.problem,
+        "folder_problem": survey.folder_problem,
     }
     if args.json:
-        sys.stdout.write(msgspec.json.encode(counts).decode() + "\n")
+        sys.stdout.write(_safe_json(counts) + "\n")
         return EXIT_OK
     for key, value in counts.items():
         if key in ("oldest_access", "newest_access") and isinstance(value, float):
             value = _when(value)
-        print(f"{key.replace('_', ' ') + ':':<18}{'-' if value is None else value}")
+        _out(f"{key.replace('_', ' ') + ':':<18}{'-' if value is None else value}")
     return EXIT_OK
 
 
 def _purge(args: argparse.Namespace) -> int:
     path: Path = args.dir
-    _check_store(path)
+    survey = _survey(path)
     if args.dry_run:
-        scan = _scan(path, time.time())
-        for record in scan.expired:
-            print(f"would remove {record.id} (expired {_when(record.expires)})")
-        print(f"{len(scan.expired)} expired sessions would be removed; {len(scan.live)} live kept")
+        for item in survey.expired:
+            _out(f"would remove {item.record.id} (expired {_when(item.record.expires)})")
+        for problem in survey.damaged:
+            verb = "leave" if problem.kind is ProblemKind.UNREADABLE else "quarantine"
+            _out(f"would {verb} {problem.name}: {problem.kind.value}: {problem.detail}")
+        temp = survey.temp_files
+        _out(
+            f"{_count(len(survey.expired), 'expired session')} would be removed; "
+            f"{len(survey.live)} live kept"
+            + (f"; {_count(temp, 'stale temp file')} would be removed" if temp else "")
+        )
         return EXIT_OK
 
     async def purge() -> DirectoryStore:
         store = DirectoryStore(path)
         await store.open()  # the lock: purging under a running engine would race with it
         try:
-            await store.load_all(_parse_record, time.time())
+            await store.load_all(RecordDecoder().decode, time.time())
         finally:
             await store.aclose()
         return store
@@ -395,14 +422,15 @@ def _purge(args: argparse.Namespace) -> int:
     except StorageError as exc:
         raise _CliError(EXIT_ERROR, str(exc)) from None
     report = store.report
-    print(
-        f"removed {report.expired_removed} expired sessions and {report.temp_removed} stale "
-        f"temp files; {report.loaded} live sessions kept"
+    _out(
+        f"removed {_count(report.expired_removed, 'expired session')} and "
+        f"{_count(report.temp_removed, 'stale temp file')}; "
+        f"{_count(report.loaded, 'live session')} kept"
     )
     for name, why in report.quarantined:
-        print(f"quarantined {name}: {why}")
+        _out(f"quarantined {name}: {why}")
     for name, why in report.unreadable:
-        print(f"unreadable {name}: {why}", file=sys.stderr)
+        _err(f"unreadable {name}: {why}")
     return EXIT_OK
 
 
@@ -423,14 +451,20 @@ def _parser() -> argparse.ArgumentParser:
         "file (--config or ENGINE_CONFIG: [server] and [engine] tables), else defaults. "
         "SIGINT/SIGTERM: graceful shutdown with a final flush.",
     )
-    serve.add_argument("--config", type=Path, default=None, help="TOML file")
-    for flag, field, help_text in _SERVE_FLAGS:
-        serve.add_argument(flag, dest=field, default=None, metavar="VALUE", help=help_text)
+    serve.add_argument("--config", type=Path, default=None, help="TOML file (default: none)")
+    for setting in settings():
+        serve.add_argument(
+            setting.flag,
+            dest=setting.name,
+            default=None,
+            metavar="VALUE",
+            help=f"{setting.help} (default: {setting.default_text})",
+        )
     serve.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
-        help="log level on stderr (default info)",
+        help="log level on stderr (default: info)",
     )
 
     for name, help_text in (
@@ -452,31 +486,48 @@ def _parser() -> argparse.ArgumentParser:
             )
 
     demo = commands.add_parser(
-        "demo", help="create, get, touch, restart and get again, printing each step"
+        "demo",
+        help="create, get, touch, restart and get again, printing each step",
+        description="Create a session, get and touch it, close the engine, reopen it from the "
+        f"same folder and show the session survived. Uses its own folder (./{DEFAULT_DEMO_DIR}), "
+        "so it runs beside a server that holds ./sessions.",
     )
-    demo.add_argument("--dir", type=Path, default=Path("sessions"), help="storage folder")
+    demo.add_argument(
+        "--dir",
+        type=Path,
+        default=DEFAULT_DEMO_DIR,
+        help=f"storage folder (default ./{DEFAULT_DEMO_DIR})",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m engine``. Returns the exit code."""
     args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
     try:
-        if args.command == "serve":
-            return _serve(args)
-        if args.command == "inspect":
-            return _inspect(args)
-        if args.command == "stats":
-            return _stats(args)
-        if args.command == "purge":
-            return _purge(args)
-        trio.run(_demo, args.dir.resolve())
-    except _CliError as exc:
-        print(f"engine {args.command}: {exc}", file=sys.stderr)
-        return exc.code
-    except StorageLockedError as exc:
-        print(f"engine {args.command}: {exc}", file=sys.stderr)
-        return EXIT_LOCKED
+        # inspect, stats and purge print what they find; the store's warnings would repeat it
+        with _safe_logging(logging.WARNING if args.command == "demo" else logging.ERROR):
+            if args.command == "inspect":
+                return _inspect(args)
+            if args.command == "stats":
+                return _stats(args)
+            if args.command == "purge":
+                return _purge(args)
+            trio.run(run_demo, args.dir.resolve())
+    except Exception as exc:  # nurseries wrap errors in groups: look at the one inside
+        error = _single(exc)
+        if isinstance(error, _CliError):
+            code = error.code
+        elif isinstance(error, StorageLockedError):
+            code = EXIT_LOCKED
+        elif isinstance(error, StorageError):
+            code = EXIT_ERROR
+        else:
+            raise
+        _err(f"engine {args.command}: {error}")
+        return code
     return EXIT_OK
 
 

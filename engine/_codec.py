@@ -9,8 +9,9 @@ from typing import Final, Generic, TypeVar, final
 import attrs
 import msgspec
 
+from ._core import SessionState
 from ._errors import PayloadError
-from .storage._records import (
+from .storage import (
     FORMAT_VERSION,
     MAX_RECORD_BYTES,
     CorruptRecordError,
@@ -59,6 +60,21 @@ class Codec(Generic[P]):
             )
         self._payload_decoder: msgspec.json.Decoder[P] = msgspec.json.Decoder(payload_type)
 
+    def encode_session(self, session_id: str, session: SessionState[P]) -> bytes:
+        """Encode the record of *session_id* from *session* (a live
+        :class:`~engine._core.Entry`, or anything with a payload and the three timestamps). The
+        core's encoder: called once per persist."""
+        return self._encoder.encode(
+            StoredSession(
+                FORMAT_VERSION,
+                session_id,
+                session.created_at,
+                session.last_accessed_at,
+                session.expires,
+                session.payload,
+            )
+        )
+
     def encode(
         self,
         session_id: str,
@@ -67,7 +83,8 @@ class Codec(Generic[P]):
         last_accessed_at: float,
         expires: float,
     ) -> bytes:
-        """Encode one session record."""
+        """Encode a record from loose values (for tools, tests and benchmarks that build records
+        without a session; the engine itself uses :meth:`encode_session`)."""
         return self._encoder.encode(
             StoredSession(
                 FORMAT_VERSION, session_id, created_at, last_accessed_at, expires, payload

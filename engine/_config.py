@@ -1,43 +1,98 @@
-"""Engine configuration: one frozen attrs class, built directly, from a mapping, or from the
-environment."""
+"""Configuration: :class:`EngineConfig`, and the one mechanism every configuration class of the
+project is built with (the reference server's ``ServerConfig`` too).
+
+A configuration class is a frozen attrs class whose fields carry validators from this module
+(:func:`seconds`, :func:`integer`, ...), each raising :class:`~engine.ConfigError` naming the
+field. Values reach it from keywords (the attrs constructor), or through :func:`structure_fields`,
+which converts one source's values field by field with cattrs: :data:`TYPED` for values that
+already have their type (a mapping, parsed TOML or JSON), :data:`TEXT` for text (environment
+variables, command-line flags). Converting field by field lets a caller merge several sources
+(defaults < file < environment < flags) before building the object once.
+"""
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Final, final
+from typing import Any, Final, Literal, final, get_args, get_origin
 
 import attrs
 import cattrs
-from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError
 
 from ._errors import ConfigError
+from .storage import REDIS_URL_SCHEMES, redact_url
 
-__all__ = ["EngineConfig"]
+__all__ = [
+    "NONE_WORDS",
+    "STORE_NAMES",
+    "TEXT",
+    "TYPED",
+    "HELP",
+    "EngineConfig",
+    "StoreName",
+    "Validator",
+    "env_values",
+    "integer",
+    "one_of",
+    "optional",
+    "seconds",
+    "structure_fields",
+]
+
+Validator = Callable[[object, "attrs.Attribute[Any]", Any], None]
+"""An attrs validator: ``(instance, attribute, value)``, raising :class:`~engine.ConfigError`."""
+
+HELP: Final = "help"
+"""Key of a field's one-line description in its attrs ``metadata`` (shown by ``serve --help``)."""
 
 
-def _positive_number(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+# -- validators shared by every configuration class -------------------------------------------
+
+
+def seconds(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    """A duration: a finite number of seconds > 0 (int or float, not bool)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(attribute.name, f"must be a number of seconds, got {value!r}")
     if not math.isfinite(value) or value <= 0:
         raise ConfigError(attribute.name, f"must be a finite number > 0, got {value!r}")
 
 
-def _count(minimum: int) -> Any:
+def integer(minimum: int, maximum: int | None = None) -> Validator:
+    """An integer (not bool) from *minimum* to *maximum* (inclusive; no upper bound if None)."""
+
     def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(attribute.name, f"must be an integer, got {value!r}")
+        if maximum is not None and not minimum <= value <= maximum:
+            raise ConfigError(
+                attribute.name, f"must be an integer from {minimum} to {maximum}, got {value!r}"
+            )
         if value < minimum:
             raise ConfigError(attribute.name, f"must be >= {minimum}, got {value!r}")
 
     return check
 
 
-def _optional_count(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is not None:
-        _count(1)(instance, attribute, value)
+def one_of(choices: tuple[str, ...]) -> Validator:
+    """One of *choices* (strings)."""
+
+    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if value not in choices:
+            raise ConfigError(attribute.name, f"must be one of {', '.join(choices)}, got {value!r}")
+
+    return check
+
+
+def optional(validator: Validator) -> Validator:
+    """*validator*, or ``None``."""
+
+    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if value is not None:
+            validator(instance, attribute, value)
+
+    return check
 
 
 def _to_path(value: object) -> Path | None:
@@ -48,19 +103,30 @@ def _to_path(value: object) -> Path | None:
     return value  # type: ignore[return-value]  # rejected by the validator with a clear message
 
 
-def _check_path(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+def _path_or_none(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value == "":
         raise ConfigError(attribute.name, "must not be empty")
     if value is not None and not isinstance(value, Path):
         raise ConfigError(attribute.name, f"must be a path or None, got {value!r}")
 
 
-def _one_of(*choices: str) -> Any:
-    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-        if value not in choices:
-            raise ConfigError(attribute.name, f"must be one of {', '.join(choices)}, got {value!r}")
+StoreName = Literal["directory", "redis"]
+"""The stores :class:`EngineConfig` can name (``store``); :func:`~engine.open_engine` builds
+each. A new store adds its name here and its case in ``engine/_open.py``."""
 
-    return check
+STORE_NAMES: Final[tuple[str, ...]] = get_args(StoreName)
+
+
+def _redis_url(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, str):
+        raise ConfigError(attribute.name, f"must be a URL, got {type(value).__name__}")
+    scheme = value.partition("://")[0].lower() if "://" in value else ""
+    if scheme not in REDIS_URL_SCHEMES:
+        raise ConfigError(
+            attribute.name,
+            f"must start with one of {', '.join(s + '://' for s in REDIS_URL_SCHEMES)}, "
+            f"got {redact_url(value)!r}",
+        )
 
 
 def _nonempty(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -68,12 +134,11 @@ def _nonempty(instance: object, attribute: attrs.Attribute[Any], value: object) 
         raise ConfigError(attribute.name, f"must be a non-empty string, got {value!r}")
 
 
-def _redacted(url: object) -> str:
-    if not isinstance(url, str):
-        return repr(url)
-    from .storage import redact_url
+def _redacted(url: str | None) -> str:
+    return repr(url) if url is None else repr(redact_url(url))
 
-    return repr(redact_url(url))
+
+# -- EngineConfig -------------------------------------------------------------------------------
 
 
 @final
@@ -85,69 +150,121 @@ class EngineConfig:
     Durations are in seconds (int or float).
     """
 
-    storage_dir: Path | None = attrs.field(default=None, converter=_to_path, validator=_check_path)
+    store: StoreName = attrs.field(
+        default="directory",
+        validator=one_of(STORE_NAMES),
+        metadata={HELP: "where sessions live: directory (storage_dir) or redis (redis_url)"},
+    )
+    """Where sessions live: ``directory`` (``storage_dir``, or memory only without it) or
+    ``redis`` (a Redis or Valkey shared by several engines: ``redis_url``).
+    :func:`~engine.open_engine` builds the store."""
+
+    storage_dir: Path | None = attrs.field(
+        default=None,
+        converter=_to_path,
+        validator=_path_or_none,
+        metadata={HELP: "session folder ('none': memory only)"},
+    )
     """Folder holding one file per session; ``None`` keeps sessions in memory only (nothing
     touches disk and no dirty state is kept)."""
 
-    ttl: float = attrs.field(default=24 * 3600.0, validator=_positive_number)
+    ttl: float = attrs.field(
+        default=24 * 3600.0,
+        validator=seconds,
+        metadata={HELP: "idle seconds before a session expires"},
+    )
     """Idle time after which a session expires. Sliding: each touch sets ``expires = now + ttl``."""
 
-    persist_requests: int = attrs.field(default=100, validator=_count(1))
+    persist_requests: int = attrs.field(
+        default=100,
+        validator=integer(1),
+        metadata={HELP: "N: persist a session after this many requests"},
+    )
     """N of the dual trigger: persist a session after this many touches since its last persist."""
 
-    persist_interval: float = attrs.field(default=300.0, validator=_positive_number)
+    persist_interval: float = attrs.field(
+        default=300.0,
+        validator=seconds,
+        metadata={HELP: "M: persist a touched session after this many seconds"},
+    )
     """M of the dual trigger: persist a touched session once this long has passed since its last
     persist (the clock starts at create or load)."""
 
-    flush_interval: float = attrs.field(default=60.0, validator=_positive_number)
+    flush_interval: float = attrs.field(
+        default=60.0,
+        validator=seconds,
+        metadata={HELP: "seconds between flushes of dirty sessions"},
+    )
     """Period of the flush tick, which persists every dirty session."""
 
-    max_sessions: int | None = attrs.field(default=None, validator=_optional_count)
+    max_sessions: int | None = attrs.field(
+        default=None,
+        validator=optional(integer(1)),
+        metadata={HELP: "bound on live sessions ('none': no bound)"},
+    )
     """Bound on live sessions. At the bound, a create evicts the least recently accessed session
     (deleted from memory and storage, counted as evicted). ``None``: no bound."""
 
-    queue_size: int = attrs.field(default=1024, validator=_count(1))
+    queue_size: int = attrs.field(
+        default=1024,
+        validator=integer(1),
+        metadata={HELP: "bound of the engine's request queue"},
+    )
     """Bound of the request channel. Callers wait (``await send``) when it is full."""
 
-    retry_interval: float = attrs.field(default=1.0, validator=_positive_number)
+    retry_interval: float = attrs.field(
+        default=1.0,
+        validator=seconds,
+        metadata={HELP: "seconds before a failed storage write is retried"},
+    )
     """Delay before a failed storage write is retried."""
 
-    store: str = attrs.field(default="directory", validator=_one_of("directory", "redis"))
-    """Where sessions live: ``directory`` (``storage_dir``, or memory only without it) or
-    ``redis`` (a Redis or Valkey shared by several engines: ``redis_url``)."""
+    close_timeout: float = attrs.field(
+        default=30.0,
+        validator=seconds,
+        metadata={HELP: "longest the final flush may take at shutdown, in seconds"},
+    )
+    """Longest time closing may spend on the final flush (shielded from cancellation)."""
 
-    redis_url: str | None = attrs.field(default=None, repr=_redacted)
-    """With ``store="redis"``: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://``
-    (TLS), ``unix://`` (socket), ``redis+cluster://host:port`` or
-    ``redis+sentinel://host:port[,host:port]/service``. The password may instead come from
-    ``ENGINE_REDIS_PASSWORD``; it is never logged."""
+    redis_url: str | None = attrs.field(
+        default=None,
+        repr=_redacted,
+        validator=optional(_redis_url),
+        metadata={HELP: "with store=redis: redis://[:password@]host:port/db, rediss://, unix://"},
+    )
+    """With ``store="redis"`` (required there): ``redis://[[user]:password@]host[:port][/db]``,
+    ``rediss://`` (TLS), ``unix://`` (socket), ``redis+cluster://host:port`` or
+    ``redis+sentinel://host:port[,host:port]/service[/db]``. The password may instead come from
+    ``ENGINE_REDIS_PASSWORD``; ``repr`` and logs show it as ``***``."""
 
-    redis_prefix: str = attrs.field(default="engine:", validator=_nonempty)
+    redis_prefix: str = attrs.field(
+        default="engine:",
+        validator=_nonempty,
+        metadata={HELP: "key prefix in Redis"},
+    )
     """Key prefix in Redis (keys are ``<prefix>{<id>}``; invalidations go to the channel
     ``<prefix>invalidate``)."""
 
-    redis_timeout: float = attrs.field(default=1.0, validator=_positive_number)
+    redis_timeout: float = attrs.field(
+        default=1.0,
+        validator=seconds,
+        metadata={HELP: "seconds Redis has to answer before a create, delete or load fails"},
+    )
     """Longest wait for Redis to answer before a create, delete or load fails with
     :class:`~engine.StorageError` (the server answers 503)."""
 
-    close_timeout: float = attrs.field(default=30.0, validator=_positive_number)
-    """Longest time closing may spend on the final flush (shielded from cancellation)."""
-
-    absent_ttl: float = attrs.field(default=1.0, validator=_positive_number)
+    absent_ttl: float = attrs.field(
+        default=1.0,
+        validator=seconds,
+        metadata={HELP: "seconds an id a shared store did not hold is answered as unknown"},
+    )
     """Shared stores (Redis): how long an id that storage did not hold is answered as unknown
-    without asking storage again (the negative cache; bounded at 10,000 ids)."""
+    without asking storage again (the negative cache; at most 10,000 ids). A create on another
+    engine clears it at once through the invalidation channel."""
 
     def __attrs_post_init__(self) -> None:
-        if self.store == "redis" and not self.redis_url:
+        if self.store == "redis" and self.redis_url is None:
             raise ConfigError("redis_url", 'required with store="redis"')
-        if self.redis_url is not None:
-            scheme = self.redis_url.partition("://")[0].lower()
-            from .storage._redis import SCHEMES
-
-            if scheme not in SCHEMES:
-                raise ConfigError(
-                    "redis_url", f"scheme must be one of {', '.join(SCHEMES)}, got {scheme!r}"
-                )
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, object]) -> EngineConfig:
@@ -156,9 +273,7 @@ class EngineConfig:
         Keys are field names; values must already have the right type (numbers as numbers).
         Unknown keys and wrong types raise :class:`~engine.ConfigError` naming the field.
         """
-        if not isinstance(values, Mapping):
-            raise ConfigError("<config>", f"expected a mapping, got {type(values).__name__}")
-        return _structure(_STRICT, dict(values))
+        return cls(**structure_fields(cls, values, TYPED))
 
     @classmethod
     def from_env(
@@ -170,63 +285,111 @@ class EngineConfig:
 
         *environ* defaults to :data:`os.environ`.
         """
-        env = os.environ if environ is None else environ
-        values: dict[str, object] = {}
-        for field in attrs.fields(cls):
-            key = prefix + field.name.upper()
-            if key in env:
-                values[field.name] = env[key]
-        return _structure(_FROM_STRINGS, values)
+        return cls(**structure_fields(cls, env_values(cls, prefix, environ), TEXT))
 
     def to_mapping(self) -> dict[str, object]:
         """The config as a plain dict that :meth:`from_mapping` accepts."""
-        return _STRICT.unstructure(self)  # type: ignore[no-any-return]
+        return TYPED.unstructure(self)  # type: ignore[no-any-return]
 
 
-def _structure(converter: cattrs.Converter, values: dict[str, object]) -> EngineConfig:
-    try:
-        return converter.structure(values, EngineConfig)
-    except ForbiddenExtraKeysError as exc:
-        raise ConfigError(", ".join(sorted(exc.extra_fields)), "unknown setting") from None
-    except ClassValidationError as group:
-        raise _first_field_error(group) from None
+# -- structuring one source's values -------------------------------------------------------------
 
 
-def _first_field_error(group: BaseExceptionGroup[Exception]) -> ConfigError:
-    for exc in group.exceptions:
-        if isinstance(exc, ConfigError):
-            return exc
-        if isinstance(exc, ForbiddenExtraKeysError):
-            return ConfigError(", ".join(sorted(exc.extra_fields)), "unknown setting")
-        for note in getattr(exc, "__notes__", ()):
-            name = getattr(note, "name", None)
-            if isinstance(name, str):
-                return ConfigError(name, str(exc))
-        if isinstance(exc, BaseExceptionGroup):
-            return _first_field_error(exc)
-    return ConfigError("<config>", str(group))
+def structure_fields(
+    cls: type[Any],
+    values: Mapping[str, object],
+    converter: cattrs.Converter,
+    *,
+    where: str = "",
+) -> dict[str, Any]:
+    """Convert *values* (field name to value, from one source) to the types of *cls*'s fields
+    with *converter* (:data:`TYPED` or :data:`TEXT`), ready for ``cls(**result)`` or
+    ``attrs.evolve``. Validation is left to the class's validators, which run when it is built.
+
+    Raises :class:`~engine.ConfigError` naming the field for an unknown key (*where* is added to
+    the message, e.g. ``" in [server] of engine.toml"``) or a value of the wrong type.
+    """
+    if not isinstance(values, Mapping):
+        raise ConfigError("<config>", f"expected a mapping, got {type(values).__name__}")
+    fields = attrs.fields_dict(cls)
+    unknown = sorted(str(name) for name in values if name not in fields)
+    if unknown:
+        raise ConfigError(", ".join(unknown), "unknown setting" + where)
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        try:
+            out[name] = converter.structure(value, fields[name].type)  # type: ignore[arg-type]
+        except ConfigError:
+            raise
+        except Exception as exc:  # the hooks' TypeError/ValueError, or cattrs' own errors
+            raise ConfigError(name, str(exc) or type(exc).__name__) from None
+    return out
 
 
-_NONE_WORDS: Final = frozenset({"", "none", "null"})
+def env_values(
+    cls: type[Any], prefix: str = "ENGINE_", environ: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The text values for *cls*'s fields found in *environ* (default :data:`os.environ`) under
+    ``prefix + FIELD_NAME.upper()``, keyed by field name; for :func:`structure_fields` with
+    :data:`TEXT`."""
+    env = os.environ if environ is None else environ
+    return {
+        field.name: env[prefix + field.name.upper()]
+        for field in attrs.fields(cls)
+        if prefix + field.name.upper() in env
+    }
 
 
-def _strict_number(value: object, _: object) -> float:
+NONE_WORDS: Final = frozenset({"", "none", "null"})
+"""Texts that set an optional setting to ``None`` (case-insensitive)."""
+
+
+def _typed_number(value: object, _: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"expected a number, got {value!r}")
     return value
 
 
-def _strict_int(value: object, _: object) -> int:
+def _typed_int(value: object, _: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"expected an integer, got {value!r}")
     return value
 
 
-def _strict_optional_int(value: object, t: object) -> int | None:
-    return None if value is None else _strict_int(value, t)
+def _typed_optional_int(value: object, t: object) -> int | None:
+    return None if value is None else _typed_int(value, t)
 
 
-def _strict_path(value: object, _: object) -> Path | None:
+def _typed_str(value: object, _: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {value!r}")
+    return value
+
+
+def _typed_optional_str(value: object, t: object) -> str | None:
+    return None if value is None else _typed_str(value, t)
+
+
+def _is_literal(t: object) -> bool:
+    return get_origin(t) is Literal
+
+
+def _literal(value: object, t: object) -> object:
+    choices = get_args(t)
+    if value not in choices:
+        raise ValueError(f"must be one of {', '.join(map(str, choices))}, got {value!r}")
+    return value
+
+
+def _typed_strings(value: object, t: object) -> tuple[str, ...]:
+    if isinstance(value, str):  # a comma-separated list, as in the environment
+        return _text_strings(value, t)
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise TypeError(f"expected a list of strings, got {value!r}")
+    return tuple(value)
+
+
+def _typed_path(value: object, _: object) -> Path | None:
     if value is None:
         return None
     if value == "":
@@ -236,7 +399,7 @@ def _strict_path(value: object, _: object) -> Path | None:
     raise TypeError(f"expected a path string, got {value!r}")
 
 
-def _env_number(value: object, _: object) -> float:
+def _text_number(value: object, _: object) -> float:
     try:
         number = float(str(value))
     except ValueError:
@@ -244,52 +407,80 @@ def _env_number(value: object, _: object) -> float:
     return int(number) if number.is_integer() else number
 
 
-def _env_int(value: object, _: object) -> int:
+def _text_int(value: object, _: object) -> int:
     try:
         return int(str(value))
     except ValueError:
         raise ValueError(f"expected an integer, got {value!r}") from None
 
 
-def _env_optional_int(value: object, t: object) -> int | None:
-    return None if str(value).strip().lower() in _NONE_WORDS else _env_int(value, t)
+def _text_optional_int(value: object, t: object) -> int | None:
+    return None if str(value).strip().lower() in NONE_WORDS else _text_int(value, t)
 
 
-def _strict_optional_str(value: object, _: object) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    raise TypeError(f"expected a string, got {value!r}")
+def _text_str(value: object, _: object) -> str:
+    return str(value)
 
 
-def _strict_str(value: object, _: object) -> str:
-    if isinstance(value, str):
-        return value
-    raise TypeError(f"expected a string, got {value!r}")
-
-
-def _env_optional_str(value: object, _: object) -> str | None:
+def _text_optional_str(value: object, _: object) -> str | None:
     text = str(value)
-    return None if text.strip().lower() in _NONE_WORDS else text
+    return None if text.strip().lower() in NONE_WORDS else text
 
 
-def _env_path(value: object, _: object) -> Path | None:
-    return None if str(value).strip().lower() in _NONE_WORDS else Path(str(value))
+def _text_strings(value: object, _: object) -> tuple[str, ...]:
+    return tuple(item.strip() for item in str(value).split(",") if item.strip())
 
 
-def _converter(number: Any, integer: Any, optional_integer: Any, path: Any) -> cattrs.Converter:
-    converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+def _text_path(value: object, _: object) -> Path | None:
+    return None if str(value).strip().lower() in NONE_WORDS else Path(str(value))
+
+
+def _converter(
+    number: Any,
+    integer: Any,
+    optional_integer: Any,
+    text: Any,
+    optional_text: Any,
+    texts: Any,
+    path: Any,
+) -> cattrs.Converter:
+    converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=False)
     converter.register_structure_hook(float, number)
     converter.register_structure_hook(int, integer)
     converter.register_structure_hook(int | None, optional_integer)
+    converter.register_structure_hook(str, text)
+    converter.register_structure_hook(str | None, optional_text)
+    converter.register_structure_hook_func(_is_literal, _literal)
+    converter.register_structure_hook_func(lambda t: t == tuple[str, ...], texts)
     converter.register_structure_hook(Path | None, path)
-    strict = number is _strict_number
-    converter.register_structure_hook(str, _strict_str if strict else (lambda v, _: str(v)))
-    converter.register_structure_hook(
-        str | None, _strict_optional_str if strict else _env_optional_str
-    )
     converter.register_unstructure_hook(Path, str)
+    converter.register_unstructure_hook(tuple, list)
     return converter
 
 
-_STRICT: Final = _converter(_strict_number, _strict_int, _strict_optional_int, _strict_path)
-_FROM_STRINGS: Final = _converter(_env_number, _env_int, _env_optional_int, _env_path)
+TYPED: Final = _converter(
+    _typed_number,
+    _typed_int,
+    _typed_optional_int,
+    _typed_str,
+    _typed_optional_str,
+    _typed_strings,
+    _typed_path,
+)
+"""Converter for values that already have their type (mappings, TOML, JSON): numbers must be
+numbers (``ttl = "60"`` is refused), lists of strings (or one comma-separated string) become
+tuples, strings become paths."""
+
+TEXT: Final = _converter(
+    _text_number,
+    _text_int,
+    _text_optional_int,
+    _text_str,
+    _text_optional_str,
+    _text_strings,
+    _text_path,
+)
+"""Converter for text (environment variables, flags): numbers are parsed, a comma-separated list
+becomes a tuple, ``none``/``null``/empty sets an optional setting to ``None``."""
+
+attrs.resolve_types(EngineConfig)

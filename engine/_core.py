@@ -3,7 +3,7 @@
 Rule of this module: every state transition of the engine happens here, in plain synchronous
 code. Nothing here awaits, does I/O (beyond logging) or reads a clock; the caller passes ``now``
 (wall-clock seconds) into every call. Because nothing awaits, no two transitions can interleave,
-so the table needs no locks: the trio actor in ``_engine.py`` is its only caller.
+so the table needs no locks: the trio actor (``_engine.py``) is its only caller.
 
 Storage effects are not performed here: each transition that must reach storage records the
 latest operation for that id in :attr:`SessionTable.outbox` (an encoded :class:`Put`, or ``None``
@@ -18,19 +18,62 @@ import heapq
 import logging
 from collections.abc import Callable
 from itertools import islice
-from typing import Generic, TypeVar, final
+from typing import Final, Generic, Protocol, TypeVar, final
 
 import msgspec
 
-from .storage._protocol import Put, PutKind, coalesce
+from .storage import Put, PutKind, coalesce
 
-__all__ = ["Cause", "Entry", "SessionTable"]
+__all__ = [
+    "HEAP_COMPACT_FACTOR",
+    "HEAP_COMPACT_SLACK",
+    "MAX_ABSENT",
+    "Cause",
+    "Entry",
+    "SessionRecord",
+    "SessionState",
+    "SessionTable",
+]
 
 log = logging.getLogger("engine")
 
 P = TypeVar("P")
+P_co = TypeVar("P_co", covariant=True)
 
 Encoder = Callable[[str, "Entry[P]"], bytes]
+
+HEAP_COMPACT_FACTOR: Final = 2
+MAX_ABSENT: Final = 10_000
+"""Most ids the negative cache holds (stores that load on a miss); the oldest go first."""
+
+HEAP_COMPACT_SLACK: Final = 64
+"""The expiry heap is rebuilt from the live sessions when it holds more than
+``HEAP_COMPACT_FACTOR * sessions + HEAP_COMPACT_SLACK`` items (stale items of touched, deleted
+or expired sessions pile up otherwise); the slack keeps small tables from rebuilding often."""
+
+
+class SessionState(Protocol[P_co]):
+    """A session's payload and timestamps (wall-clock seconds): what a record holds besides the
+    id. An :class:`Entry` is one, and so is a :class:`~engine.storage.StoredSession`."""
+
+    @property
+    def payload(self) -> P_co: ...
+
+    @property
+    def created_at(self) -> float: ...
+
+    @property
+    def last_accessed_at(self) -> float: ...
+
+    @property
+    def expires(self) -> float: ...
+
+
+class SessionRecord(SessionState[P_co], Protocol[P_co]):
+    """A session read from storage, with its id (a :class:`~engine.storage.StoredSession`)."""
+
+    @property
+    def id(self) -> str: ...
 
 
 class Cause(enum.Enum):
@@ -112,9 +155,8 @@ class SessionTable(Generic[P]):
         self.dropped = 0
         """Sessions dropped from memory because shared storage changed them elsewhere."""
         self.absent: dict[str, float] = {}
-        """Negative cache (stores that load on a miss): ids storage did not hold, until when
-        to believe it; oldest first, at most :attr:`max_absent` of them."""
-        self.max_absent = 10_000
+        """Negative cache (stores that load on a miss): ids storage did not hold, and until when
+        to believe it; oldest first, at most :data:`MAX_ABSENT` of them."""
         self.applied = 0
         """Requests applied so far; the sequence number of the last one."""
 
@@ -125,8 +167,9 @@ class SessionTable(Generic[P]):
         self.applied += 1
         if self._live(session_id, now) is None:
             self._make_room(now)
-        self.absent.pop(session_id, None)
-        self._insert(session_id, payload, now, now, now + self.ttl, now)
+        if self.absent:
+            self.absent.pop(session_id, None)
+        self._insert(session_id, Entry(payload, now, now, now + self.ttl, now))
         self._persist(session_id, Cause.CREATE, now)
 
     def get(self, session_id: str, now: float) -> P | None:
@@ -164,33 +207,45 @@ class SessionTable(Generic[P]):
 
     # -- loading ------------------------------------------------------------------------------
 
-    def load(
-        self,
-        session_id: str,
-        payload: P,
-        created_at: float,
-        last_accessed_at: float,
-        expires: float,
-        now: float,
-    ) -> bool:
+    def load(self, record: SessionRecord[P], now: float, expires: float | None = None) -> bool:
         """Insert a session read from storage (clean: nothing to write). Its trigger clock starts
-        now. Returns False, inserting nothing, if it has expired or the id is already live."""
-        self.absent.pop(session_id, None)
+        now. Returns False, inserting nothing, if it has expired or the id is already live.
+
+        *expires*: the session's expiry in storage, when the store keeps one apart from the
+        record (a shared store extends a key's expiry on touches without rewriting its value):
+        if later than the record's own, the session expires then, and was last accessed one
+        ``ttl`` before it (or at the record's time, if later)."""
+        session_id = record.id
+        if self.absent:
+            self.absent.pop(session_id, None)
+        last_accessed_at = record.last_accessed_at
+        if expires is None or expires <= record.expires:
+            expires = record.expires
+        else:
+            last_accessed_at = max(last_accessed_at, expires - self.ttl)
         if expires <= now or session_id in self.sessions:
             return False
         self._make_room(now)
-        self._insert(session_id, payload, created_at, last_accessed_at, expires, now)
+        entry = Entry(record.payload, record.created_at, last_accessed_at, expires, now)
+        self._insert(session_id, entry)
         return True
 
-    # -- shared storage (memory is a cache of it) --------------------------------------------
+    # -- shared storage (memory is a cache of it) ----------------------------------------------
+
+    def resident(self, session_id: str, now: float) -> bool:
+        """True if *session_id* is live in memory (not a request: nothing is counted). One
+        past its expiry is removed as expired, so a store that loads on a miss is asked again:
+        another engine may have extended it."""
+        return self._live(session_id, now) is not None
 
     def note_absent(self, session_id: str, until: float) -> None:
         """Storage does not hold *session_id*: answer it as unknown without asking storage again
-        until *until* (a flood of made-up ids must not become a flood of reads)."""
+        until *until* (a flood of made-up ids must not become a flood of reads). Entries share
+        one lifetime, so the oldest is the first to go past :data:`MAX_ABSENT`."""
         absent = self.absent
         absent.pop(session_id, None)
-        if len(absent) >= self.max_absent:
-            del absent[next(iter(absent))]  # the oldest: entries share one lifetime
+        if len(absent) >= MAX_ABSENT:
+            del absent[next(iter(absent))]
         absent[session_id] = until
 
     def known_absent(self, session_id: str, now: float) -> bool:
@@ -203,10 +258,15 @@ class SessionTable(Generic[P]):
             return False
         return True
 
+    def forget_absent(self, session_id: str) -> None:
+        """Storage holds *session_id* now (another engine created it): drop any "not there"
+        answer for it."""
+        self.absent.pop(session_id, None)
+
     def forget(self, session_id: str) -> bool:
         """Drop *session_id* from memory without any storage operation (another engine changed
-        it, or storage no longer holds it): the next request loads it again. Unwritten touches
-        of it are discarded. True if it was in memory."""
+        it, or storage no longer holds it): the next request loads it again. Its unwritten
+        touches are discarded, and any "not there" answer for it. True if it was in memory."""
         self.absent.pop(session_id, None)
         if session_id not in self.sessions:
             return False
@@ -216,7 +276,7 @@ class SessionTable(Generic[P]):
 
     def clear_cache(self, now: float) -> int:
         """Treat every cached session as suspect (storage may have changed them unseen): write
-        each dirty session's touches, then drop every session from memory, and forget the
+        each dirty session's touches, then drop every session from memory and forget the
         negative cache. Returns how many were dropped."""
         self.persist_dirty(len(self.dirty), Cause.FLUSH, now)
         count = len(self.sessions)
@@ -275,18 +335,10 @@ class SessionTable(Generic[P]):
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _insert(
-        self,
-        session_id: str,
-        payload: P,
-        created_at: float,
-        last_accessed_at: float,
-        expires: float,
-        now: float,
-    ) -> None:
-        self.sessions[session_id] = Entry(payload, created_at, last_accessed_at, expires, now)
-        heapq.heappush(self._heap, (expires, session_id))
-        if len(self._heap) > 2 * len(self.sessions) + 64:
+    def _insert(self, session_id: str, entry: Entry[P]) -> None:
+        self.sessions[session_id] = entry
+        heapq.heappush(self._heap, (entry.expires, session_id))
+        if len(self._heap) > HEAP_COMPACT_FACTOR * len(self.sessions) + HEAP_COMPACT_SLACK:
             self._compact_heap()
 
     def _compact_heap(self) -> None:

@@ -13,7 +13,7 @@ MAX_SESSION_ID_LENGTH = 256
 """Longest accepted session id, in characters."""
 
 # Visible ASCII (0x21-0x7E, as the MCP spec requires of session ids) minus the path separators.
-_VALID_ID = re.compile(r"[\x21-\x2e\x30-\x5b\x5d-\x7e]{1,256}\Z")
+_VALID_ID = re.compile(rf"[\x21-\x2e\x30-\x5b\x5d-\x7e]{{1,{MAX_SESSION_ID_LENGTH}}}\Z")
 
 
 def new_session_id() -> str:

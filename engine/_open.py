@@ -1,23 +1,28 @@
 """The public entry point: :func:`open_engine` picks the payload type and the store from the
-configuration and hands them to the actor shell (``_engine.run_engine``), which knows neither the
-MCP payload nor any concrete store."""
+configuration and hands them to the shell's lifecycle (``_lifecycle.run_engine``), which knows
+neither the MCP payload nor any concrete store."""
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, assert_never, overload
 
 from ._config import EngineConfig
-from ._engine import Engine, run_engine
+from ._engine import Engine
+from ._lifecycle import run_engine
 from .storage import DirectoryStore, RedisStore, Store
-from .storage._redis import redis_password_from_env
 
 if TYPE_CHECKING:
     from .mcp._payload import ConnectionConfig
 
-__all__ = ["open_engine"]
+__all__ = ["REDIS_PASSWORD_VARIABLE", "open_engine", "store_for"]
+
+REDIS_PASSWORD_VARIABLE = "ENGINE_REDIS_PASSWORD"
+"""Environment variable holding the Redis password (so it need not be in the URL, where process
+listings and config files would show it); it overrides the URL's."""
 
 P = TypeVar("P")
 
@@ -50,15 +55,14 @@ def open_engine(
 ) -> AbstractAsyncContextManager[Engine[Any]]:
     """Open an engine: load what storage holds, start the actor, yield the :class:`Engine`.
 
-    Storage is *store* if given, else with ``config.store == "redis"`` a
-    :class:`~engine.storage.RedisStore` on ``config.redis_url`` (password also from
-    ``ENGINE_REDIS_PASSWORD``), else a :class:`~engine.DirectoryStore` on
-    ``config.storage_dir``, else none (memory only). *payload_type* is any attrs class, msgspec
-    Struct or dataclass (by default the MCP :class:`~engine.ConnectionConfig`); payloads
-    round-trip exactly through storage. *wall_time* is read once, as the anchor for persisted
-    timestamps (tests pass a fake to simulate time between runs).
+    Storage is *store* if given, else the one ``config.store`` names (:func:`store_for`).
+    *payload_type* is any attrs class, msgspec Struct or dataclass (by default the MCP
+    :class:`~engine.ConnectionConfig`); payloads round-trip exactly through storage.
+    *wall_time* is read once, as the anchor for persisted timestamps (tests pass a fake to
+    simulate time between runs).
 
-    Opening raises :class:`~engine.StorageLockedError` if another engine holds the storage.
+    Opening raises :class:`~engine.StorageLockedError` if another engine holds the storage, and
+    :class:`~engine.StorageError` if a shared store (Redis) cannot be reached.
     Leaving the block (also by an exception or cancellation) stops taking requests, applies the
     ones already queued, flushes every dirty session and waits for the writes (shielded, at
     most ``config.close_timeout`` seconds), then releases storage.
@@ -67,14 +71,27 @@ def open_engine(
         from .mcp._payload import ConnectionConfig
 
         payload_type = ConnectionConfig
-    if store is None and config.store == "redis":
-        assert config.redis_url is not None  # checked by EngineConfig
-        store = RedisStore(
-            config.redis_url,
-            prefix=config.redis_prefix,
-            timeout=config.redis_timeout,
-            password=redis_password_from_env(),
-        )
-    elif store is None and config.storage_dir is not None:
-        store = DirectoryStore(config.storage_dir)
+    if store is None:
+        store = store_for(config)
     return run_engine(config, payload_type, store, wall_time)
+
+
+def store_for(config: EngineConfig, environ: Mapping[str, str] | None = None) -> Store | None:
+    """The store ``config.store`` names, not opened yet: for ``directory``, a
+    :class:`~engine.DirectoryStore` on ``config.storage_dir`` (``None``, memory only, without
+    it); for ``redis``, a :class:`~engine.storage.RedisStore` on ``config.redis_url`` (password
+    from :data:`REDIS_PASSWORD_VARIABLE` of *environ*, default :data:`os.environ`, if set)."""
+    match config.store:
+        case "directory":
+            return None if config.storage_dir is None else DirectoryStore(config.storage_dir)
+        case "redis":
+            assert config.redis_url is not None  # checked by EngineConfig
+            env = os.environ if environ is None else environ
+            return RedisStore(
+                config.redis_url,
+                prefix=config.redis_prefix,
+                timeout=config.redis_timeout,
+                password=env.get(REDIS_PASSWORD_VARIABLE) or None,
+            )
+        case other:
+            assert_never(other)

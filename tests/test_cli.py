@@ -4,19 +4,23 @@ a running engine, and a folder that is not a session store."""
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
+import subprocess
+import sys
 import time
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 import trio
 
-from engine import EngineConfig, open_engine
+from engine import DirectoryStore, EngineConfig, StorageLockedError, open_engine
 from engine._cli import EXIT_LOCKED, EXIT_MISSING, EXIT_NOT_A_STORE, main
 from engine.mcp._session import McpSession, connection_from_query
+from engine.storage import FORMAT_VERSION, StoredSession
 
 
 def _make_store(path: Path) -> tuple[list[str], list[str]]:
@@ -52,18 +56,32 @@ def store(tmp_path: Path) -> tuple[Path, list[str], list[str]]:
     return path, live, expired
 
 
+HOLD = """
+import sys, trio
+from engine import DirectoryStore
+trio.run(DirectoryStore(sys.argv[1]).open)
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
 @pytest.fixture
-def held(store: tuple[Path, list[str], list[str]]) -> Iterator[Path]:
-    """The store's lock held as a running engine holds it (another open file description)."""
+def held(store: tuple[Path, list[str], list[str]]) -> Iterator[tuple[Path, int]]:
+    """The store held by a real store in another process: (folder, its pid)."""
     path = store[0]
-    fd = os.open(path / ".lock", os.O_RDWR)
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, b"4242", 0)
-    try:
-        yield path
-    finally:
-        os.close(fd)
+    with subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        assert proc.stdout is not None and proc.stdin is not None
+        try:
+            assert proc.stdout.readline() == "held\n"
+            yield path, proc.pid
+        finally:
+            proc.stdin.close()
+            proc.wait(timeout=30)
 
 
 def test_inspect_lists_live_sessions(
@@ -118,7 +136,7 @@ def test_purge_removes_expired_sessions_only(
 
     assert main(["purge", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "removed 1 expired sessions" in out
+    assert "removed 1 expired session and" in out
     assert "quarantined stream-bad.session" in out
     assert not (path / f"{expired[0]}.session").exists()
     for sid in live:
@@ -128,25 +146,27 @@ def test_purge_removes_expired_sessions_only(
 
 
 def test_purge_refuses_a_folder_held_by_a_running_engine(
-    held: Path, capsys: pytest.CaptureFixture[str]
+    held: tuple[Path, int], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    before = sorted(os.listdir(held))
-    assert main(["purge", str(held)]) == EXIT_LOCKED
+    path, pid = held
+    before = sorted(os.listdir(path))
+    assert main(["purge", str(path)]) == EXIT_LOCKED
     err = capsys.readouterr().err
-    assert "in use by another engine (pid 4242)" in err
+    assert f"in use by another engine (pid {pid})" in err
     assert "stop it first" in err
-    assert sorted(os.listdir(held)) == before
+    assert sorted(os.listdir(path)) == before
 
 
 def test_inspect_and_stats_work_beside_a_running_engine(
-    held: Path, capsys: pytest.CaptureFixture[str]
+    held: tuple[Path, int], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["inspect", str(held)]) == 0
+    path, pid = held
+    assert main(["inspect", str(path)]) == 0
     captured = capsys.readouterr()
     assert "2 live" in captured.out
-    assert "running engine (pid 4242)" in captured.err
-    assert main(["stats", str(held), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["held_by_pid"] == "4242"
+    assert f"running engine (pid {pid})" in captured.err
+    assert main(["stats", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["held_by_pid"] == str(pid)
 
 
 @pytest.mark.parametrize("command", ["inspect", "stats", "purge"])
@@ -179,3 +199,193 @@ def test_missing_and_foreign_folders(
 def test_demo_still_works(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--dir", str(tmp_path / "demo")]) == 0
     assert "after restart" in capsys.readouterr().out
+
+
+# -- a hostile folder (issue 9: items 11, 13, 14, 15) ----------------------------------------
+
+ALL_COMMANDS = [
+    ["inspect"],
+    ["inspect", "--all", "--json"],
+    ["stats"],
+    ["stats", "--json"],
+    ["purge", "--dry-run"],
+    ["purge"],
+]
+
+EVIL = "\x1b]0;owned\x07\x1b[2J\x1b[31mred\x9b31m\u202eevil\x7f\u2028"
+"""Terminal escapes (OSC title, clear screen, colour), a C1 CSI, a bidi override, DEL, a line
+separator: what a client can put in clientInfo."""
+
+
+def planted(sid: str, payload: object, expires: float | None = None) -> bytes:
+    now = time.time()
+    record = StoredSession(FORMAT_VERSION, sid, now, now, expires or now + 3600, payload)
+    return msgspec.json.encode(record)
+
+
+def assert_printable(text: str) -> None:
+    for line in text.split("\n"):
+        assert line.isprintable(), f"raw control character in {line!r}"
+
+
+def test_every_output_escapes_control_characters(
+    store: tuple[Path, list[str], list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 9, item 11: client-controlled strings reached the operator's terminal raw."""
+    path, _, _ = store
+    payload = {
+        "protocol_version": "2025-06-18",
+        "client_name": EVIL,
+        "client_version": EVIL,
+        "connection": {"tags": [EVIL]},
+    }
+    (path / "stream-evil.session").write_bytes(planted("stream-evil", payload))
+    (path / "stream-old-evil.session").write_bytes(planted("stream-old-evil", payload, 1.0))
+    (path / f"{EVIL}.session").write_bytes(b"junk")  # a hostile file name
+    for command in ALL_COMMANDS:
+        assert main([*command, str(path)]) == 0, command
+        out, err = capsys.readouterr()
+        assert_printable(out)
+        assert_printable(err)
+        if command == ["inspect"]:
+            assert "\\x1b]0;owned\\x07" in out  # shown, escaped
+        if "--json" in command and command[0] == "inspect":
+            rows = json.loads(out)  # still valid JSON, and nothing lost
+            [evil] = [r for r in rows if r["id"] == "stream-evil"]
+            assert evil["payload"]["client_name"] == EVIL
+
+
+def test_a_fifo_lock_file_does_not_hang_inspect_or_stats(
+    store: tuple[Path, list[str], list[str]],
+) -> None:
+    """Issue 9, item 13: the old lock probe opened a FIFO ``.lock`` and waited forever."""
+    path, _, _ = store
+    (path / ".lock").unlink()
+    os.mkfifo(path / ".lock")
+    for command in (["inspect"], ["stats", "--json"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "engine", *command, str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert "not a regular file" in proc.stdout + proc.stderr
+
+
+def test_a_huge_session_file_is_not_read(
+    store: tuple[Path, list[str], list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 9, item 13: the old scan read every ``*.session`` file whole (a sparse 1 GiB file
+    cost 1 GiB of memory). Now no file is read past the record size limit."""
+    path, _, _ = store
+    with open(path / "huge.session", "wb") as f:
+        f.truncate(64 << 20)
+    for command in (["inspect"], ["stats", "--json"], ["purge", "--dry-run"]):
+        tracemalloc.start()
+        try:
+            assert main([*command, str(path)]) == 0
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 8 << 20, f"{command}: {peak} bytes"
+        out, err = capsys.readouterr()
+        if command[0] == "stats":
+            assert json.loads(out)["unreadable"] == 1
+        else:
+            assert "huge.session" in out + err  # reported, not read
+
+
+@pytest.mark.parametrize("depth", [100, 400, 480, 500, 1000, 20_000])
+def test_deeply_nested_records_are_reported_as_damaged(
+    store: tuple[Path, list[str], list[str]], capsys: pytest.CaptureFixture[str], depth: int
+) -> None:
+    """Issue 9, item 14: every command died with RecursionError on a record nested this deep
+    (which the engine itself quarantines)."""
+    path, live, _ = store
+    nested = b'{"a":[' * depth + b"1" + b"]}" * depth
+    mcp = b'{"type":"not","children":[' * depth + b'{"type":"tag","value":"x"}' + b"]}" * depth
+    now = time.time()
+    for sid, payload in (
+        ("stream-deep", nested),
+        ("stream-deep-mcp", b'{"tag_expression":' + mcp + b"}"),
+    ):
+        (path / f"{sid}.session").write_bytes(
+            b'{"v":1,"id":"%s","created_at":%f,"last_accessed_at":%f,"expires":%f,"payload":%s}'
+            % (sid.encode(), now, now, now + 3600, payload)
+        )
+    for command in ALL_COMMANDS:
+        assert main([*command, str(path)]) == 0, command
+        out, err = capsys.readouterr()
+        if command == ["inspect"]:
+            shown = {line.split()[0] for line in out.splitlines()[1:-1]}
+            assert set(live) <= shown
+            for sid in ("stream-deep", "stream-deep-mcp"):
+                # listed with a summary, or reported damaged: never a crash
+                assert sid in shown or f"{sid}.session" in err
+    for sid in live:
+        assert (path / f"{sid}.session").exists()
+
+
+@pytest.mark.parametrize("command", [["stats", "--json"], ["inspect"]])
+def test_an_engine_can_start_at_any_moment_of_a_probe(
+    store: tuple[Path, list[str], list[str]],
+    capsys: pytest.CaptureFixture[str],
+    command: list[str],
+) -> None:
+    """Issue 9, item 15: ``stats`` and ``inspect`` took a shared lock for a moment, so an engine
+    starting at that moment failed with StorageLockedError. Here an engine's store starts (opens
+    and closes the folder) right after every ``os`` and ``fcntl`` call the command makes."""
+    path, _, _ = store
+    starts: list[str] = []
+    failed: list[str] = []
+
+    async def engine_starts() -> None:
+        store = DirectoryStore(path)
+        await store.open()
+        await store.aclose()
+
+    def after_each_call(frame: object, event: str, func: object) -> None:
+        if event == "c_return" and getattr(func, "__module__", None) in ("posix", "fcntl"):
+            name = getattr(func, "__name__", "?")
+            starts.append(name)
+            try:
+                trio.run(engine_starts)
+            except StorageLockedError:
+                failed.append(name)
+
+    sys.setprofile(after_each_call)
+    try:
+        code = main([*command, str(path)])
+    finally:
+        sys.setprofile(None)
+    capsys.readouterr()
+    assert code == 0
+    assert "open" in starts and len(starts) > 10
+    assert failed == [], f"an engine could not start after {failed}"
+
+
+@pytest.mark.parametrize("case", ["folder-mode", "fifo-lock"])
+def test_serve_names_a_storage_folder_it_refuses(tmp_path: Path, case: str) -> None:
+    """Issue 9, items 10 and 16: a lock setup error escaped as a raw OSError and ``serve``
+    reported it as "cannot listen on ..."; a folder others can list was used as is."""
+    folder = tmp_path / "sessions"
+    if case == "folder-mode":
+        folder.mkdir(0o755)
+        folder.chmod(0o755)
+        expected = "has mode 0755"
+    else:
+        folder.mkdir(0o700)
+        os.mkfifo(folder / ".lock")
+        expected = "is not a regular file"
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine", "serve", "--storage-dir", str(folder), "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert expected in proc.stderr
+    assert "cannot listen" not in proc.stderr

@@ -11,17 +11,12 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from engine._codec import Codec
-from engine._core import Cause, Entry, SessionTable
+from engine._core import Cause, SessionTable
 from engine.mcp._payload import ConnectionConfig
-from engine.storage._protocol import Put
+from engine.storage import FORMAT_VERSION, Put, StoredSession
 
 CODEC = Codec(ConnectionConfig)
-
-
-def encode(session_id: str, entry: Entry[ConnectionConfig]) -> bytes:
-    return CODEC.encode(
-        session_id, entry.payload, entry.created_at, entry.last_accessed_at, entry.expires
-    )
+encode = CODEC.encode_session
 
 
 def table(**kw: Any) -> SessionTable[ConnectionConfig]:
@@ -188,8 +183,8 @@ def test_persist_dirty_oldest_first_with_limit() -> None:
 
 def test_load_skips_expired_and_starts_trigger_clock_at_load() -> None:
     t = table(persist_interval=50.0, persist_requests=100)
-    assert t.load("old", P, 0.0, 0.0, 10.0, 20.0) is False
-    assert t.load("s", P, 0.0, 15.0, 115.0, 20.0) is True
+    assert t.load(StoredSession(FORMAT_VERSION, "old", 0.0, 0.0, 10.0, P), 20.0) is False
+    assert t.load(StoredSession(FORMAT_VERSION, "s", 0.0, 15.0, 115.0, P), 20.0) is True
     assert t.outbox == {} and t.dirty == {}
     t.touch("s", 69.0)
     assert t.outbox == {}

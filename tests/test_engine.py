@@ -31,7 +31,8 @@ from engine import (
     new_session_id,
     open_engine,
 )
-from engine.storage._directory import file_name_for
+from engine.storage import DirectoryStore, file_name_for
+from engine.testing import FaultyFileSystem
 
 T0 = 1_800_000_000.0
 
@@ -386,22 +387,41 @@ async def test_bound_applies_at_open(tmp_path: Path, mock_clock: trio.testing.Mo
 # -- memory only ----------------------------------------------------------------------------
 
 
-async def test_memory_only_touches_no_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
+MEMORY_ONLY = """
+import sys, trio
+from engine import ConnectionConfig, EngineConfig, open_engine
 
-    def no_disk(*args: object, **kwargs: object) -> None:
-        raise AssertionError("memory-only engine touched the disk")
+touched = []
 
-    monkeypatch.setattr(engine.storage._directory, "_write_atomic", no_disk)
+def audit(event, args):
+    # Every filesystem call by path raises one of these (os.open raises "open").
+    if event == "open" or event.startswith(("os.", "shutil.")):
+        touched.append(f"{event} {args[:1]!r}")
+
+async def main():
+    sys.addaudithook(audit)
     async with open_engine(EngineConfig(persist_requests=1)) as e:
-        await e.create("s", RICH)
+        await e.create("s", ConnectionConfig(tags=("a",)))
         for _ in range(5):
             assert await e.touch("s")
         await e.flush()
         s = e.statistics()
-        assert s.dirty_sessions == 0 and s.pending_writes == 0
-        assert sum(s.persists.values()) == 0
+        assert s.dirty_sessions == 0 and s.pending_writes == 0, s
+        assert sum(s.persists.values()) == 0, s
         assert await e.delete("s")
+    print(touched)
+
+trio.run(main)
+"""
+
+
+async def test_memory_only_touches_no_disk(tmp_path: Path) -> None:
+    """A memory-only engine makes no filesystem call at all (an audit hook in a fresh process
+    sees every open, mkdir, rename, remove and listing)."""
+    proc = await trio.run_process(
+        [sys.executable, "-c", MEMORY_ONLY], cwd=tmp_path, capture_stdout=True
+    )
+    assert proc.stdout.decode().strip() == "[]"
     assert os.listdir(tmp_path) == []
 
 
@@ -441,20 +461,13 @@ async def test_storage_dir_that_is_a_file_is_a_clear_error(tmp_path: Path) -> No
 
 
 async def test_fsync_failure_is_counted_retried_and_memory_keeps_serving(
-    tmp_path: Path, mock_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, mock_clock: trio.testing.MockClock
 ) -> None:
-    real_fsync = os.fsync
-    broken = True
-
-    def fsync(fd: int) -> None:
-        if broken:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real_fsync(fd)
-
+    fs = FaultyFileSystem()
     cfg = config(tmp_path, retry_interval=5)
-    async with open_engine(cfg) as e:
+    async with open_engine(cfg, store=DirectoryStore(tmp_path / "store", fs=fs)) as e:
         await e.create("ok", RICH)
-        monkeypatch.setattr(os, "fsync", fsync)
+        fs.fault = ("fsync-file", errno.ENOSPC)
         with pytest.raises(StorageError, match="No space left"):
             await e.create("s", RICH)
         assert await e.get_and_touch("s") == RICH  # served from memory
@@ -464,7 +477,7 @@ async def test_fsync_failure_is_counted_retried_and_memory_keeps_serving(
         mock_clock.jump(5)
         await settle()
         assert e.statistics().storage_errors >= 2  # retried, failed again
-        broken = False
+        fs.fault = None
         mock_clock.jump(5)
         await settle()
         assert "s.session" in session_files(tmp_path)
@@ -474,22 +487,17 @@ async def test_fsync_failure_is_counted_retried_and_memory_keeps_serving(
 
 
 async def test_delete_failure_is_retried_so_no_resurrection(
-    tmp_path: Path, mock_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, mock_clock: trio.testing.MockClock
 ) -> None:
-    real_unlink = os.unlink
-
-    def unlink(path: Any, *args: Any, **kwargs: Any) -> None:
-        if str(path).endswith("s.session"):
-            raise OSError(errno.EIO, "Input/output error")
-        real_unlink(path, *args, **kwargs)
-
-    async with open_engine(config(tmp_path, retry_interval=1)) as e:
+    fs = FaultyFileSystem()
+    cfg = config(tmp_path, retry_interval=1)
+    async with open_engine(cfg, store=DirectoryStore(tmp_path / "store", fs=fs)) as e:
         await e.create("s", RICH)
-        monkeypatch.setattr(os, "unlink", unlink)
+        fs.fault = ("unlink", errno.EIO)
         with pytest.raises(StorageError, match="Input/output"):
             await e.delete("s")
         assert await e.get("s") is None
-        monkeypatch.setattr(os, "unlink", real_unlink)
+        fs.fault = None
         mock_clock.jump(1)
         await settle()
         assert session_files(tmp_path) == []

@@ -1,19 +1,27 @@
-"""Ordering under concurrency: the actor's apply order explains every reply.
+"""Ordering under concurrency: every history the engine produces is linearizable.
 
 Many client tasks issue random requests on a few shared ids; Hypothesis picks the requests, the
 ids, where each task yields, how long storage takes to acknowledge a batch, when the clock jumps
-and the request queue's bound. The engine's test hook ``Engine._trace`` records every request in
-the order the actor applied it, with the time it applied it at (a request's index there is its
-sequence number). The checks:
+and the request queue's bound. The test sees the engine only from outside: each task records,
+on one global event counter, when it sent each request and when the reply arrived, and the
+clock jumps are recorded on the same counter. The checks:
 
-1. each task's requests appear in the trace exactly once, in the order the task sent them
-   (requests cancelled before they were sent or applied never appear);
-2. replaying the trace on a plain dict model reproduces every reply;
-3. a request sent after another request's reply arrived was applied after it (real-time order).
+1. every request that was not cancelled was applied exactly once, and no pre-cancelled one was:
+   the engine's ``requests`` counter equals the number of requests that returned, and every
+   pre-cancelled request raised ``Cancelled``;
+2. there is one order of all requests that a plain dict model replays to reproduce every reply,
+   in which each request takes effect at one moment between its send and its reply, at the
+   clock reading of that moment (so a request sent after another's reply arrived comes after it,
+   and one task's requests come in the order it sent them).
+
+Check 2 searches for that order (as the Wing-Gong linearizability checker does), one session id
+at a time: requests on different ids do not interact, and linearizability is local (a history is
+linearizable if the history of each id is).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -23,15 +31,14 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine import ConnectionConfig, EngineConfig, open_engine
-from engine._engine import _CREATE, _DELETE, _GET, _GET_TOUCH, _INFO, _TOUCH, Engine
+from engine import ConnectionConfig, Engine, EngineConfig, open_engine
 from engine.testing import MemoryStore
 
 from .strategies import pool_ids, simple_payloads
 
 TTL = 10.0
-KINDS = {"create": _CREATE, "get": _GET, "touch": _TOUCH, "get_and_touch": _GET_TOUCH}
-KINDS |= {"delete": _DELETE, "info": _INFO}
+WALL_AT_OPEN = 1000.0
+KINDS = ("create", "get", "touch", "get_and_touch", "delete", "info")
 
 
 @attrs.define
@@ -46,14 +53,29 @@ class Op:
 @attrs.define
 class Done:
     op: Op
+    task: int
     sent: int
+    """The event count just before the request was sent."""
     replied: int
+    """The event count just after its reply arrived."""
     reply: Any
+
+
+@attrs.define
+class History:
+    done: list[Done]
+    """Every request, with its reply ("cancelled" if it raised Cancelled)."""
+    clock: list[tuple[int, float]]
+    """``(event, trio time from that event on)``: the clock at open, and after each jump."""
+    anchor: float
+    """Wall time minus trio time, as the engine computes it (wall = anchor + trio time)."""
+    applied: int
+    """The engine's ``requests`` counter once every client was done."""
 
 
 ops = st.builds(
     Op,
-    kind=st.sampled_from(sorted(KINDS)),
+    kind=st.sampled_from(KINDS),
     session_id=pool_ids,
     payload=simple_payloads,
     yields=st.integers(0, 3),
@@ -72,39 +94,42 @@ scenarios = st.fixed_dictionaries(
 )
 
 
-def run_scenario(s: dict[str, Any]) -> tuple[list[tuple[Any, float]], list[list[Done]], list[int]]:
+def run_scenario(s: dict[str, Any]) -> History:
     clock = trio.testing.MockClock()
-    tick = 0
-    results: list[list[Done]] = [[] for _ in s["tasks"]]
-    trace: list[tuple[Any, float]] = []
-    tasks: list[trio.lowlevel.Task | None] = [None] * len(s["tasks"])
+    events = 0
+    done: list[Done] = []
+    timeline: list[tuple[int, float]] = []
+    anchor = 0.0
+    applied = 0
 
-    def now_tick() -> int:
-        nonlocal tick
-        tick += 1
-        return tick
+    def event() -> int:
+        nonlocal events
+        events += 1
+        return events
 
     async def client(e: Engine[ConnectionConfig], n: int, plan: list[Op]) -> None:
-        tasks[n] = trio.lowlevel.current_task()
         for op in plan:
             for _ in range(op.yields):
                 await trio.lowlevel.checkpoint()
-            sent = now_tick()
+            sent = event()
             with trio.CancelScope() as scope:
                 if op.cancel:
                     scope.cancel()
                 reply = await call(e, op)
             if scope.cancelled_caught:
                 reply = "cancelled"
-            results[n].append(Done(op, sent, now_tick(), reply))
+            done.append(Done(op, n, sent, event(), reply))
 
     async def jumper(jumps: list[tuple[int, float]]) -> None:
         for yields, dt in jumps:
             for _ in range(yields):
                 await trio.lowlevel.checkpoint()
+            event()  # nothing runs between this event and the next: the jump is between them
             clock.jump(dt)
+            timeline.append((event(), trio.current_time()))
 
     async def main() -> None:
+        nonlocal anchor, applied
         config = EngineConfig(
             ttl=TTL,
             persist_requests=s["persist_requests"],
@@ -113,18 +138,17 @@ def run_scenario(s: dict[str, Any]) -> tuple[list[tuple[Any, float]], list[list[
             queue_size=s["queue_size"],
         )
         store = MemoryStore(delays=s["delays"]) if s["storage"] else None
-        async with open_engine(config, store=store, wall_time=lambda: 1000.0) as e:
-            e._trace = trace
+        anchor = WALL_AT_OPEN - trio.current_time()
+        timeline.append((0, trio.current_time()))
+        async with open_engine(config, store=store, wall_time=lambda: WALL_AT_OPEN) as e:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(jumper, s["jumps"])
                 for n, plan in enumerate(s["tasks"]):
                     nursery.start_soon(client, e, n, plan)
+            applied = e.statistics().requests
 
     trio.run(main, clock=clock)
-    assert all(t is not None for t in tasks)
-    # Keep the clients' requests (the flush ticker and sweeper send internal ones).
-    task_ids = [id(t) for t in tasks]
-    return [(c, now) for c, now in trace if id(c.task) in task_ids], results, task_ids
+    return History(done, timeline, anchor, applied)
 
 
 async def call(e: Engine[ConnectionConfig], op: Op) -> Any:
@@ -144,57 +168,104 @@ async def call(e: Engine[ConnectionConfig], op: Op) -> Any:
     return None if info is None else (info.payload, info.expires)
 
 
-def model_reply(model: dict[str, tuple[ConnectionConfig, float]], op: Op, now: float) -> Any:
-    sid = op.session_id
-    entry = model.get(sid)
-    if entry is not None and entry[1] <= now:
-        del model[sid]
-        entry = None
+Session = tuple[ConnectionConfig, float] | None
+"""The model of one id: its payload and expiry, or ``None`` if absent."""
+
+Model = Callable[[Session, Op, float], tuple[Any, Session]]
+"""Apply one request at wall time *now*: ``(reply, the id's new state)``."""
+
+
+def model_step(session: Session, op: Op, now: float) -> tuple[Any, Session]:
+    if session is not None and session[1] <= now:
+        session = None
     if op.kind == "create":
         assert op.payload is not None
-        model[sid] = (op.payload, now + TTL)
-        return None
-    if op.kind in ("get", "info"):
-        if op.kind == "get":
-            return None if entry is None else entry[0]
-        return entry
+        return None, (op.payload, now + TTL)
+    if op.kind == "get":
+        return (None if session is None else session[0]), session
+    if op.kind == "info":
+        return session, session
     if op.kind in ("touch", "get_and_touch"):
-        if entry is not None:
-            model[sid] = (entry[0], now + TTL)
+        if session is not None:
+            session = (session[0], now + TTL)
         if op.kind == "touch":
-            return entry is not None
-        return None if entry is None else entry[0]
+            return session is not None, session
+        return (None if session is None else session[0]), session
     assert op.kind == "delete"
-    model.pop(sid, None)
-    return entry is not None
+    return session is not None, None
 
 
-def check(s: dict[str, Any], model_reply: Any = model_reply) -> None:
-    trace, results, task_ids = run_scenario(s)
-    op_at: dict[int, Done] = {}
-    for n, done in enumerate(results):
-        applied = [d for d in done if d.reply != "cancelled"]
-        entries = [(seq, c) for seq, (c, _) in enumerate(trace) if id(c.task) == task_ids[n]]
-        # Each request applied exactly once, in the order sent; cancelled ones never.
-        assert [(KINDS[d.op.kind], d.op.session_id) for d in applied] == [
-            (c.kind, c.session_id) for _, c in entries
-        ], f"task {n}: the actor did not apply its requests exactly once, in the order sent"
-        assert all(not d.op.cancel for d in applied), "a pre-cancelled request returned"
-        for (seq, _), d in zip(entries, applied, strict=True):
-            op_at[seq] = d
-    assert sorted(op_at) == list(range(len(trace)))
-    # Replay on the model.
-    model: dict[str, tuple[ConnectionConfig, float]] = {}
-    for seq, (_, now) in enumerate(trace):
-        d = op_at[seq]
-        expected = model_reply(model, d.op, now)
-        assert d.reply == expected, f"request #{seq} {d.op}: got {d.reply!r}, model {expected!r}"
-    # Real-time order: sent after another's reply arrived => applied after it.
-    flat = sorted(op_at.items())
-    for seq_b, b in flat:
-        for seq_a, a in flat:
-            if a.replied < b.sent:
-                assert seq_a < seq_b, f"#{seq_b} was sent after #{seq_a} replied but applied first"
+def linearize(history: History, requests: list[Done], model: Model) -> list[Done] | None:
+    """An order of *requests* (all on one id) that the model replays to reproduce every reply,
+    each request taking effect at one moment strictly between its send and reply events, those
+    moments in order; ``None`` if there is none.
+
+    A moment is named by the event just before it (moment m lies between events m and m + 1);
+    its clock reading is that of the last clock entry at or before m. Depth-first search over
+    states (how many of each task's requests are placed, the id's state, the last moment);
+    placing a request at the earliest moment of each clock reading it can take loses nothing.
+    """
+    per_task: dict[int, list[Done]] = {}
+    for d in sorted(requests, key=lambda d: d.sent):
+        per_task.setdefault(d.task, []).append(d)
+    queues = list(per_task.values())
+    starts = [event for event, _ in history.clock]
+    readings = [t for _, t in history.clock]
+    failed: set[tuple[tuple[int, ...], Session, int]] = set()
+    order: list[Done] = []
+
+    def search(placed: tuple[int, ...], session: Session, moment: int) -> bool:
+        if all(n == len(q) for n, q in zip(placed, queues, strict=True)):
+            return True
+        state = (placed, session, moment)
+        if state in failed:
+            return False
+        nexts = [(i, queues[i][n]) for i, n in enumerate(placed) if n < len(queues[i])]
+        latest = min(d.replied - 1 for _, d in nexts)  # every pending request before its reply
+        for i, d in nexts:
+            earliest = max(moment, d.sent)
+            if earliest > latest:
+                continue
+            for k, start in enumerate(starts):
+                end = starts[k + 1] - 1 if k + 1 < len(starts) else d.replied - 1
+                at = max(earliest, start)
+                if at > min(end, d.replied - 1):
+                    continue
+                reply, after = model(session, d.op, history.anchor + readings[k])
+                if reply != d.reply:
+                    continue
+                order.append(d)
+                if search((*placed[:i], placed[i] + 1, *placed[i + 1 :]), after, at):
+                    return True
+                order.pop()
+        failed.add(state)
+        return False
+
+    return order if search((0,) * len(queues), None, 0) else None
+
+
+def check(s: dict[str, Any], model: Model = model_step) -> None:
+    history = run_scenario(s)
+    replied = [d for d in history.done if d.reply != "cancelled"]
+    # 1. Pre-cancelled requests raised Cancelled, the others returned; each returned request was
+    # applied once and no cancelled one was.
+    for d in history.done:
+        assert (d.reply == "cancelled") == d.op.cancel, f"{d.op}: got {d.reply!r}"
+    assert history.applied == len(replied), (
+        f"the engine applied {history.applied} requests, {len(replied)} returned"
+    )
+    # 2. Linearizable, one id at a time.
+    for sid in sorted({d.op.session_id for d in replied}):
+        on_id = [d for d in replied if d.op.session_id == sid]
+        if linearize(history, on_id, model) is None:
+            lines = "\n".join(
+                f"  task {d.task} events {d.sent}-{d.replied}: {d.op.kind} -> {d.reply!r}"
+                for d in sorted(on_id, key=lambda d: d.sent)
+            )
+            pytest.fail(
+                f"no order of the requests on {sid!r} explains the replies (the model disagrees)"
+                f"\nclock: {history.clock}\n{lines}"
+            )
 
 
 @given(scenarios)
@@ -202,21 +273,49 @@ def test_replies_are_explained_by_the_apply_order(s: dict[str, Any]) -> None:
     check(s)
 
 
+SIMPLE = {
+    "tasks": [[Op("create", "s0", ConnectionConfig(tags=("a",)), 0, False)]],
+    "storage": False,
+    "delays": [0],
+    "queue_size": 4,
+    "jumps": [],
+    "persist_requests": 1,
+}
+
+
 def test_checker_catches_a_wrong_reply() -> None:
     """The checker is not a tautology: a reply the model disagrees with is reported."""
-    s = {
-        "tasks": [[Op("create", "s0", ConnectionConfig(tags=("a",)), 0, False)]],
-        "storage": False,
-        "delays": [0],
-        "queue_size": 4,
-        "jumps": [],
-        "persist_requests": 1,
-    }
-    check(s)
+    check(SIMPLE)
 
-    def lying(model: dict[str, tuple[ConnectionConfig, float]], op: Op, now: float) -> Any:
-        model_reply(model, op, now)
-        return "something else"
+    def lying(session: Session, op: Op, now: float) -> tuple[Any, Session]:
+        _, after = model_step(session, op, now)
+        return "something else", after
 
-    with pytest.raises(AssertionError, match="model"):
-        check(s, lying)
+    with pytest.raises(pytest.fail.Exception, match="model disagrees"):
+        check(SIMPLE, lying)
+
+
+def test_checker_catches_an_order_against_real_time() -> None:
+    """A history that only an order against real time explains is reported: a get that
+    returned the payload although the create was sent after the get's reply."""
+    payload = ConnectionConfig(tags=("a",))
+    create = Op("create", "s0", payload, 0, False)
+    get = Op("get", "s0", None, 0, False)
+    history = History([], [(0, 0.0)], WALL_AT_OPEN, 2)
+    late = [Done(get, 0, 1, 2, payload), Done(create, 1, 3, 4, None)]
+    assert linearize(history, late, model_step) is None
+    overlapping = [Done(get, 0, 1, 4, payload), Done(create, 1, 2, 3, None)]
+    assert linearize(history, overlapping, model_step) == [overlapping[1], overlapping[0]]
+
+
+def test_checker_uses_the_clock_reading_of_each_moment() -> None:
+    """A get after a clock jump past the TTL must see the session expired; one that may have
+    taken effect before the jump may see it live."""
+    payload = ConnectionConfig(tags=("a",))
+    create = Op("create", "s0", payload, 0, False)
+    get = Op("get", "s0", None, 0, False)
+    history = History([], [(0, 0.0), (5, 11.0)], WALL_AT_OPEN, 2)
+    created = Done(create, 0, 1, 2, None)
+    assert linearize(history, [created, Done(get, 0, 6, 7, payload)], model_step) is None
+    assert linearize(history, [created, Done(get, 0, 3, 7, payload)], model_step) is not None
+    assert linearize(history, [created, Done(get, 0, 3, 7, None)], model_step) is not None

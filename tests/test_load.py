@@ -15,6 +15,7 @@ import trio
 import trio.testing
 
 from engine import ConnectionConfig, Engine, EngineConfig, open_engine
+from engine._core import HEAP_COMPACT_FACTOR, HEAP_COMPACT_SLACK
 from engine.testing import MemoryStore
 
 from .strategies import LONG
@@ -105,7 +106,9 @@ async def test_many_tasks_with_an_expiry_wave(mock_clock: trio.testing.MockClock
         # heap stays within its compaction bound, nothing is pending forever.
         assert stats.queue_high_water <= TASKS + 2, stats
         assert stats.live_sessions <= SESSIONS
-        assert len(e._core._heap) <= 2 * max(len(e._core.sessions), SESSIONS) + 64
+        core = e._actor.core
+        bound = HEAP_COMPACT_FACTOR * max(len(core.sessions), SESSIONS) + HEAP_COMPACT_SLACK
+        assert len(core._heap) <= bound
         assert stats.dirty_sessions <= stats.live_sessions
         mock_clock.jump(1)  # let the sweeper finish the wave
         await trio.testing.wait_all_tasks_blocked()

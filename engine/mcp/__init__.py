@@ -1,4 +1,5 @@
-"""The MCP layer: the reference streamable-HTTP server, its settings, its session payload types
+"""The MCP layer: the reference streamable-HTTP server (:func:`serve`; :func:`serve_app` serves
+any ASGI app with the same connection bounds), its settings, its session payload types
 (:class:`ConnectionConfig`, :class:`McpSession`, tag expressions) and its metrics.
 
 Built on the public API of :mod:`engine`; nothing below it imports this package.
@@ -6,6 +7,7 @@ Built on the public API of :mod:`engine`; nothing below it imports this package.
 
 from ._config import ServerConfig as ServerConfig
 from ._config import load_server_config as load_server_config
+from ._http import serve_app as serve_app
 from ._payload import ConnectionConfig as ConnectionConfig
 from ._payload import TagExpression as TagExpression
 from ._payload import TagFilterMode as TagFilterMode
@@ -24,4 +26,5 @@ __all__ = [
     "TagQuery",
     "load_server_config",
     "serve",
+    "serve_app",
 ]

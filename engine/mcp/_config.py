@@ -1,10 +1,14 @@
 """Configuration of the reference server: its own settings plus an :class:`~engine.EngineConfig`,
 merged from defaults, a TOML file, ``ENGINE_*`` environment variables and command-line flags
-(later sources win, field by field)."""
+(later sources win, field by field).
+
+Built with the same mechanism as :class:`~engine.EngineConfig` (shared validators, the cattrs
+converters ``TYPED`` and ``TEXT`` of ``engine._config``): each source is converted field by field,
+the sources are merged, and the classes are built once, so their validators name the field.
+"""
 
 from __future__ import annotations
 
-import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -13,30 +17,36 @@ from typing import Any, Final, final
 
 import attrs
 
-from .._config import EngineConfig
+from .._config import (
+    HELP,
+    TEXT,
+    TYPED,
+    EngineConfig,
+    env_values,
+    integer,
+    seconds,
+    structure_fields,
+)
 from .._errors import ConfigError
 
-__all__ = ["DEFAULT_STORAGE_DIR", "ServerConfig", "load_server_config"]
+__all__ = [
+    "DEFAULT_STORAGE_DIR",
+    "MAX_PORT",
+    "ServerConfig",
+    "Setting",
+    "load_server_config",
+    "settings",
+]
 
 DEFAULT_STORAGE_DIR: Final = Path("sessions")
 """Where ``serve`` keeps sessions when no source sets ``storage_dir``."""
 
+MAX_PORT: Final = 65535
 
-def _port(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
-        raise ConfigError(attribute.name, f"must be an integer from 0 to 65535, got {value!r}")
+MIB: Final = 1 << 20
 
-
-def _positive_int(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(attribute.name, f"must be an integer >= 1, got {value!r}")
-
-
-def _positive_seconds(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(attribute.name, f"must be a number of seconds, got {value!r}")
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigError(attribute.name, f"must be a finite number > 0, got {value!r}")
+TABLES: Final = ("server", "engine")
+"""The tables of a TOML configuration file."""
 
 
 def _host(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -51,62 +61,269 @@ def _origins(instance: object, attribute: attrs.Attribute[Any], value: object) -
 
 def _to_tuple(value: object) -> object:
     if isinstance(value, str):
-        return tuple(v.strip() for v in value.split(",") if v.strip())
+        return TEXT.structure(value, tuple[str, ...])
     if isinstance(value, list):
         return tuple(value)
     return value
+
+
+def _default_engine() -> EngineConfig:
+    return EngineConfig(storage_dir=DEFAULT_STORAGE_DIR)
 
 
 @final
 @attrs.frozen(kw_only=True)
 class ServerConfig:
     """Settings of ``python -m engine serve``. Invalid values raise
-    :class:`~engine.ConfigError` naming the field."""
+    :class:`~engine.ConfigError` naming the field.
 
-    host: str = attrs.field(default="127.0.0.1", validator=_host)
+    Build it from keywords (``ServerConfig(port=9000)``), :meth:`from_mapping`, :meth:`from_env`,
+    or :func:`load_server_config`, which merges a TOML file, the environment and flags.
+    """
+
+    host: str = attrs.field(
+        default="127.0.0.1", validator=_host, metadata={HELP: "address to listen on"}
+    )
     """Address to listen on. The default accepts local clients only."""
 
-    port: int = attrs.field(default=8080, validator=_port)
+    port: int = attrs.field(
+        default=8080,
+        validator=integer(0, MAX_PORT),
+        metadata={HELP: "TCP port (0 picks a free one)"},
+    )
     """TCP port; 0 picks a free one (the chosen address is printed at start)."""
 
-    max_body_bytes: int = attrs.field(default=1 << 20, validator=_positive_int)
+    max_body_bytes: int = attrs.field(
+        default=MIB, validator=integer(1), metadata={HELP: "largest request body, in bytes"}
+    )
     """Largest accepted request body; larger ones get 413."""
 
-    graceful_timeout: float = attrs.field(default=10.0, validator=_positive_seconds)
+    max_buffered_bytes: int = attrs.field(
+        default=64 * MIB,
+        validator=integer(1),
+        metadata={HELP: "request body bytes held in memory across all requests"},
+    )
+    """Bound on the request body bytes held in memory by all requests together. A request whose
+    body would go past it gets 503 (``Retry-After``); the rest of its body is read and dropped.
+    At least ``max_body_bytes``."""
+
+    body_timeout: float = attrs.field(
+        default=30.0,
+        validator=seconds,
+        metadata={HELP: "seconds a client has to send a request body"},
+    )
+    """Longest time from a request's headers to the end of its body. A body not complete by
+    then gets 408 and the connection is closed (a client stalling its body cannot hold memory
+    and a connection for ever)."""
+
+    send_timeout: float = attrs.field(
+        default=30.0,
+        validator=seconds,
+        metadata={HELP: "seconds a client has to read a response"},
+    )
+    """Longest time one write of a response may wait for the client to read; then the
+    connection is closed (a client that never reads cannot hold a connection for ever).
+    Checked every second (every half timeout if that is shorter)."""
+
+    max_connections: int = attrs.field(
+        default=512,
+        validator=integer(1),
+        metadata={HELP: "most connections open at once (more wait to be accepted)"},
+    )
+    """Most client connections open at once. Further connections are not accepted until one
+    closes: they wait in the listen queue (``backlog``), which the system refuses when full.
+    ``serve`` checks that the process may open this many files (and raises its soft limit if
+    it must)."""
+
+    keep_alive_timeout: float = attrs.field(
+        default=30.0,
+        validator=seconds,
+        metadata={HELP: "seconds an idle connection stays open; also the time to send headers"},
+    )
+    """How long a connection may stay open without a request in progress: after a response,
+    and from connecting until a request's headers are complete (hypercorn's
+    ``keep_alive_timeout``)."""
+
+    keep_alive_max_requests: int = attrs.field(
+        default=100_000,
+        validator=integer(1),
+        metadata={HELP: "requests served on one connection before it is closed"},
+    )
+    """Requests one connection may carry; the response to the last one closes it."""
+
+    backlog: int = attrs.field(
+        default=1024,
+        validator=integer(1),
+        metadata={HELP: "length of the listen queue of connections not yet accepted"},
+    )
+    """Connections the system queues before the server accepts them (``listen(backlog)``;
+    capped by the system, on Linux by ``net.core.somaxconn``)."""
+
+    graceful_timeout: float = attrs.field(
+        default=10.0,
+        validator=seconds,
+        metadata={HELP: "seconds in-flight requests get at shutdown"},
+    )
     """At shutdown, how long in-flight requests may take before they are cancelled."""
 
     allowed_origins: tuple[str, ...] = attrs.field(
-        default=(), converter=_to_tuple, validator=_origins
+        default=(),
+        converter=_to_tuple,
+        validator=_origins,
+        metadata={HELP: "browser origins allowed besides local ones, comma-separated"},
     )
     """Browser origins allowed besides local ones (``http://localhost:*`` and the like);
     requests with any other ``Origin`` header get 403 (DNS rebinding protection)."""
 
-    engine: EngineConfig = attrs.field(
-        factory=lambda: EngineConfig(storage_dir=DEFAULT_STORAGE_DIR)
-    )
-    """The embedded engine's configuration."""
+    engine: EngineConfig = attrs.field(factory=_default_engine)
+    """The embedded engine's configuration. Its ``storage_dir`` defaults to
+    :data:`DEFAULT_STORAGE_DIR` (``./sessions``) here, not ``None``."""
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.engine, EngineConfig):
+            raise ConfigError("engine", f"must be an EngineConfig, got {self.engine!r}")
+        if self.max_buffered_bytes < self.max_body_bytes:
+            raise ConfigError(
+                "max_buffered_bytes",
+                f"must be >= max_body_bytes ({self.max_body_bytes}), got {self.max_buffered_bytes}",
+            )
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, object]) -> ServerConfig:
+        """Build a config from a mapping shaped like the TOML file: a ``server`` and an
+        ``engine`` table (both optional) of field names to typed values. Unknown tables or keys
+        and wrong types raise :class:`~engine.ConfigError` naming the field."""
+        return _Layers().add_tables(values).build()
+
+    @classmethod
+    def from_env(
+        cls, prefix: str = "ENGINE_", environ: Mapping[str, str] | None = None
+    ) -> ServerConfig:
+        """Build a config from ``prefix + FIELD_NAME.upper()`` variables of *environ* (default
+        :data:`os.environ`), for the server's and the engine's fields alike
+        (``ENGINE_PORT=9000``, ``ENGINE_TTL=3600``). Unset variables keep the default."""
+        return _Layers().add_env(prefix, environ).build()
+
+    def to_mapping(self) -> dict[str, dict[str, object]]:
+        """The config as the tables :meth:`from_mapping` accepts (``None`` values included,
+        though TOML cannot write them)."""
+        server: dict[str, object] = TYPED.unstructure(self)
+        engine = server.pop("engine")
+        assert isinstance(engine, dict)
+        return {"server": server, "engine": engine}
 
 
-_SERVER_FIELDS: Final = tuple(f.name for f in attrs.fields(ServerConfig) if f.name != "engine")
-_ENGINE_FIELDS: Final = tuple(f.name for f in attrs.fields(EngineConfig))
+SERVER_FIELDS: Final = tuple(f.name for f in attrs.fields(ServerConfig) if f.name != "engine")
+ENGINE_FIELDS: Final = tuple(f.name for f in attrs.fields(EngineConfig))
 
 
-def _server_from_strings(values: Mapping[str, str]) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for name, text in values.items():
-        if name in ("port", "max_body_bytes"):
-            try:
-                out[name] = int(text)
-            except ValueError:
-                raise ConfigError(name, f"must be an integer, got {text!r}") from None
-        elif name == "graceful_timeout":
-            try:
-                out[name] = float(text)
-            except ValueError:
-                raise ConfigError(name, f"must be a number of seconds, got {text!r}") from None
-        else:
-            out[name] = text
-    return out
+@final
+@attrs.frozen
+class Setting:
+    """One setting of ``serve``, for its flags and documentation."""
+
+    name: str
+    """Field name: TOML key, ``ENGINE_<NAME>`` variable, ``--name-with-dashes`` flag."""
+    table: str
+    """``server`` or ``engine``: its TOML table and the class holding it."""
+    help: str
+    """One-line description."""
+    default: object
+    """Value when no source sets it."""
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def default_text(self) -> str:
+        """The default as typed on the command line (``none`` for None or an empty list)."""
+        value = self.default
+        if value is None or value == ():
+            return "none"
+        if isinstance(value, tuple):
+            return ",".join(value)
+        if isinstance(value, float) and value.is_integer():
+            return str(int(value))
+        return str(value)
+
+
+def settings() -> tuple[Setting, ...]:
+    """Every setting of ``serve``, server ones first, each with its default."""
+    defaults = ServerConfig()
+    out = [
+        Setting(f.name, "server", str(f.metadata[HELP]), getattr(defaults, f.name))
+        for f in attrs.fields(ServerConfig)
+        if f.name != "engine"
+    ]
+    out += [
+        Setting(f.name, "engine", str(f.metadata[HELP]), getattr(defaults.engine, f.name))
+        for f in attrs.fields(EngineConfig)
+    ]
+    return tuple(out)
+
+
+@final
+class _Layers:
+    """Typed values of the sources seen so far, per table; later sources win field by field."""
+
+    def __init__(self) -> None:
+        self.server: dict[str, Any] = {}
+        self.engine: dict[str, Any] = {}
+
+    def add_tables(self, document: Mapping[str, object], path: object = None) -> _Layers:
+        if not isinstance(document, Mapping):
+            raise ConfigError("<config>", f"expected a mapping, got {type(document).__name__}")
+        where = "" if path is None else f" of {path}"
+        unknown = sorted(str(name) for name in document if name not in TABLES)
+        if unknown:
+            raise ConfigError(
+                ", ".join(unknown),
+                f"unknown table{'' if path is None else f' in {path}'} (use [server], [engine])",
+            )
+        for name, cls, target in (
+            ("server", ServerConfig, self.server),
+            ("engine", EngineConfig, self.engine),
+        ):
+            table = document.get(name, {})
+            if not isinstance(table, Mapping):
+                raise ConfigError(name, f"must be a table{where}")
+            if name == "server" and "engine" in table:
+                raise ConfigError("engine", f"unknown setting in [server]{where}")
+            target.update(structure_fields(cls, table, TYPED, where=f" in [{name}]{where}"))
+        return self
+
+    def add_env(self, prefix: str, environ: Mapping[str, str] | None) -> _Layers:
+        server = env_values(ServerConfig, prefix, environ)
+        server.pop("engine", None)  # ENGINE_ENGINE is not a setting
+        self.server.update(structure_fields(ServerConfig, server, TEXT))
+        engine = env_values(EngineConfig, prefix, environ)
+        self.engine.update(structure_fields(EngineConfig, engine, TEXT))
+        return self
+
+    def add_flags(self, flags: Mapping[str, str]) -> _Layers:
+        unknown = sorted(n for n in flags if n not in SERVER_FIELDS and n not in ENGINE_FIELDS)
+        if unknown:
+            raise ConfigError(", ".join(unknown), "unknown setting")
+        server = {n: v for n, v in flags.items() if n in SERVER_FIELDS}
+        engine = {n: v for n, v in flags.items() if n in ENGINE_FIELDS}
+        self.server.update(structure_fields(ServerConfig, server, TEXT))
+        self.engine.update(structure_fields(EngineConfig, engine, TEXT))
+        return self
+
+    def build(self) -> ServerConfig:
+        engine = EngineConfig(**{"storage_dir": DEFAULT_STORAGE_DIR, **self.engine})
+        return ServerConfig(engine=engine, **self.server)
+
+
+def _read_toml(path: os.PathLike[str] | str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError("config", f"cannot read {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("config", f"{path} is not valid TOML: {exc}") from None
 
 
 def load_server_config(
@@ -125,64 +342,11 @@ def load_server_config(
     :class:`~engine.ConfigError` naming the field (or the file) on any invalid value.
     """
     env = os.environ if environ is None else environ
-    flags = flags or {}
-    server_values: dict[str, object] = {}
-    engine_values: dict[str, object] = {"storage_dir": str(DEFAULT_STORAGE_DIR)}
-
+    layers = _Layers()
     path = config_file if config_file is not None else env.get(prefix + "CONFIG")
     if path:
-        try:
-            with open(path, "rb") as f:
-                document = tomllib.load(f)
-        except OSError as exc:
-            raise ConfigError("config", f"cannot read {path}: {exc.strerror or exc}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError("config", f"{path} is not valid TOML: {exc}") from None
-        unknown = sorted(set(document) - {"server", "engine"})
-        if unknown:
-            raise ConfigError(
-                ", ".join(unknown), f"unknown table in {path} (use [server], [engine])"
-            )
-        for table_name in ("server", "engine"):
-            table = document.get(table_name, {})
-            if not isinstance(table, dict):
-                raise ConfigError(table_name, f"must be a table in {path}")
-            known = _SERVER_FIELDS if table_name == "server" else _ENGINE_FIELDS
-            extra = sorted(set(table) - set(known))
-            if extra:
-                raise ConfigError(", ".join(extra), f"unknown setting in [{table_name}] of {path}")
-            (server_values if table_name == "server" else engine_values).update(table)
+        layers.add_tables(_read_toml(path), path)
+    return layers.add_env(prefix, env).add_flags(flags or {}).build()
 
-    # Strings from the environment and the flags go through EngineConfig.from_env, so both
-    # parse exactly like ENGINE_* variables always have.
-    engine_strings: dict[str, str] = {}
-    server_strings: dict[str, str] = {}
-    for source in (
-        {
-            name: env[prefix + name.upper()]
-            for name in _ENGINE_FIELDS
-            if prefix + name.upper() in env
-        },
-        {
-            name: env[prefix + name.upper()]
-            for name in _SERVER_FIELDS
-            if prefix + name.upper() in env
-        },
-        flags,
-    ):
-        for name, text in source.items():
-            if name in _ENGINE_FIELDS:
-                engine_strings[name] = text
-            elif name in _SERVER_FIELDS:
-                server_strings[name] = text
-            else:
-                raise ConfigError(name, "unknown setting")
 
-    engine = EngineConfig.from_mapping(engine_values)
-    if engine_strings:
-        parsed = EngineConfig.from_env(
-            prefix="", environ={name.upper(): text for name, text in engine_strings.items()}
-        )
-        engine = attrs.evolve(engine, **{name: getattr(parsed, name) for name in engine_strings})
-    server_values.update(_server_from_strings(server_strings))
-    return ServerConfig(engine=engine, **server_values)  # type: ignore[arg-type]
+attrs.resolve_types(ServerConfig)

@@ -31,6 +31,10 @@ class Metrics:
         self.sessions_created = 0
         self.sessions_deleted = 0
         self.sessions_not_found = 0
+        self.connections_open = 0
+        """Client connections open now (kept by :func:`~engine.mcp.serve_app`)."""
+        self.buffered_bytes = 0
+        """Request body bytes held in memory now, by all requests (kept by the app)."""
         self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0
 
@@ -103,6 +107,18 @@ class Metrics:
                 "counter",
                 "Requests applied by the actor.",
                 stats.requests,
+            ),
+            (
+                "engine_http_connections_open",
+                "gauge",
+                "Client connections open.",
+                self.connections_open,
+            ),
+            (
+                "engine_http_buffered_bytes",
+                "gauge",
+                "Request body bytes held in memory.",
+                self.buffered_bytes,
             ),
             (
                 "engine_sessions_created_total",

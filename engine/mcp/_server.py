@@ -3,14 +3,22 @@ with sessions kept by an embedded engine.
 
 Routes:
 
-- ``POST /mcp``: one JSON-RPC message. ``initialize`` without a session creates one
+- ``POST /mcp``: one JSON-RPC message; the client must accept both ``application/json`` and
+  ``text/event-stream`` (else 406). ``initialize`` without a session creates one
   (``Mcp-Session-Id`` in the response); every other message needs the header, and goes through
   :meth:`~engine.Engine.get_and_touch` (one round trip to the actor). Unknown or expired ids get
   404 with a JSON-RPC error body, so the client starts over; a missing id gets 400.
-  Notifications and responses get 202; ``ping`` and ``tools/list`` (empty) get results.
+  Notifications and responses get 202; ``ping``, ``tools/list`` and ``tools/call`` (the demo
+  tools of :mod:`engine.mcp._tools`, whose state lives in the session) get results. A request
+  of the 2026-07-28 era (``server/discover``, or an ``MCP-Protocol-Version`` this server does not
+  speak) gets 400 with a plain JSON-RPC error, so a dual-era client falls back to
+  ``initialize`` (:mod:`engine.mcp._protocol`).
 - ``DELETE /mcp``: ends the session named by the header.
 - ``GET /mcp``: 405 (this server offers no SSE stream, which the spec allows).
 - ``GET /healthz``, ``GET /metrics`` (Prometheus text).
+
+At ``--log-level debug`` every request logs one line: HTTP method, path, JSON-RPC method, status,
+duration and a fingerprint of the session id (never the id: it is a bearer secret).
 
 :func:`serve` runs it until SIGINT or SIGTERM, then stops accepting, lets in-flight requests
 finish (``graceful_timeout``), closes the engine (final flush) and returns.
@@ -20,31 +28,52 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, TextIO, final
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
+from functools import partial
+from typing import TYPE_CHECKING, Any, Final, Protocol, TextIO, final
 from urllib.parse import parse_qs
 
 import msgspec
 import trio
 
 if TYPE_CHECKING:  # hypercorn is imported when serving, not by ``import engine``
-    from hypercorn.config import Config as HypercornConfig
     from hypercorn.typing import (
         ASGIReceiveCallable,
         ASGISendCallable,
+        HTTPResponseBodyEvent,
+        HTTPResponseStartEvent,
         HTTPScope,
         LifespanScope,
         Scope,
     )
 
 from .._engine import Statistics
-from .._errors import EngineClosedError, InvalidSessionIdError, StorageError
+from .._errors import EngineClosedError, InvalidSessionIdError, PayloadError, StorageError
 from .._ids import new_session_id, validate_session_id
 from .._open import open_engine
 from ..storage import redact_url
 from ._config import ServerConfig
+from ._http import ensure_file_limit, serve_app
 from ._metrics import Metrics
+from ._protocol import (
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    LATEST_PROTOCOL_VERSION,
+    METHOD_NOT_FOUND,
+    PARSE_ERROR,
+    SERVER_BUSY,
+    SESSION_ERROR,
+    SUPPORTED_PROTOCOL_VERSIONS,
+    Message,
+    accepts_json_and_sse,
+    fingerprint,
+    handshake_only_error,
+    is_modern_request,
+    message_problem,
+)
 from ._session import McpSession, TagFilterError, connection_from_query
+from ._tools import ToolCallError, call_tool, list_tools
 
 __all__ = [
     "LATEST_PROTOCOL_VERSION",
@@ -56,39 +85,31 @@ __all__ = [
 
 log = logging.getLogger("engine.server")
 
-LATEST_PROTOCOL_VERSION: Final = "2025-11-25"
-SUPPORTED_PROTOCOL_VERSIONS: Final = ("2025-11-25", "2025-06-18", "2025-03-26")
-"""Protocol versions of MCP streamable HTTP (the transport with session ids) this server
-speaks. A client asking for another gets the latest, as the spec says."""
-
 SERVER_NAME: Final = "engine-reference-server"
 
-# JSON-RPC error codes
-PARSE_ERROR: Final = -32700
-INVALID_REQUEST: Final = -32600
-METHOD_NOT_FOUND: Final = -32601
-INVALID_PARAMS: Final = -32602
-SESSION_ERROR: Final = -32001
-"""Used for session failures (missing, unknown, invalid), as the reference SDKs do."""
-SERVER_BUSY: Final = -32002
+SERVER_CAPABILITIES: Final = {"tools": {"listChanged": False}}
+"""What ``initialize`` advertises: only what is served (tools; no prompts, resources, logging
+or completions)."""
 
 DRAIN_FACTOR: Final = 4
 """Bodies up to this many times ``max_body_bytes`` are read and dropped before a 413."""
 
+RETRY_AFTER_SECONDS: Final = 1
+"""``Retry-After`` of a 503 for a request refused because ``max_buffered_bytes`` is reached."""
+
+MAX_REPORTED_METHOD: Final = 100
+"""Longest prefix of an unknown method name quoted back in a -32601 error."""
+
+MAX_QUERY_FIELDS: Final = 32
+"""Most fields parsed from the query string of an ``initialize`` (more is a 400)."""
+
+CLIENT_CLOSED: Final = 499
+"""Status recorded in the metrics for a request whose client went away before its answer
+(nginx's convention; never sent)."""
+
 _JSON_TYPE: Final = (b"content-type", b"application/json")
+_CLOSE: Final = (b"connection", b"close")
 _NO_ID: Final = msgspec.UNSET
-
-
-class _Message(msgspec.Struct, forbid_unknown_fields=False):
-    """One JSON-RPC 2.0 message: a request (method and id), a notification (method, no id) or
-    a response (result or error, and id)."""
-
-    jsonrpc: Literal["2.0"]
-    method: str | msgspec.UnsetType = msgspec.UNSET
-    id: int | str | msgspec.UnsetType | None = msgspec.UNSET
-    params: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
-    result: Any = msgspec.UNSET
-    error: Any = msgspec.UNSET
 
 
 class _ClientInfo(msgspec.Struct):
@@ -102,7 +123,7 @@ class _InitializeParams(msgspec.Struct, rename="camel"):
     capabilities: dict[str, Any] = {}
 
 
-_decoder: Final = msgspec.json.Decoder(_Message)
+_decoder: Final = msgspec.json.Decoder(Message)
 _encoder: Final = msgspec.json.Encoder()
 
 
@@ -123,13 +144,49 @@ def _error_body(code: int, message: str, request_id: object = None) -> bytes:
     )
 
 
+def _error_object_body(error: dict[str, Any], request_id: object = None) -> bytes:
+    return _encoder.encode({"jsonrpc": "2.0", "id": request_id, "error": error})
+
+
 def _result_body(request_id: object, result: object) -> bytes:
     return _encoder.encode({"jsonrpc": "2.0", "id": request_id, "result": result})
 
 
+def _printable(text: str) -> str:
+    """*text* with control characters, spaces and other non-printables escaped, so a client
+    cannot forge or break log lines (paths are percent-decoded, methods are JSON strings)."""
+    if text.isprintable() and " " not in text:
+        return text
+    return text.encode("unicode_escape").decode("ascii").replace(" ", "\\x20")
+
+
+def _log_request(scope: HTTPScope, response: _Response | None, start: float) -> None:
+    """The debug line of one request: HTTP method, path, JSON-RPC method, status (499: the
+    client went away), duration and a fingerprint of the session id, never the id."""
+    session: bytes | None = None
+    for name, value in scope["headers"]:
+        if name == b"mcp-session-id":
+            session = value
+    if response is not None and session is None:
+        for name, value in response.headers:
+            if name == b"mcp-session-id":  # a new session (initialize)
+                session = value
+    log.debug(
+        "%s %s%s -> %d in %.1f ms%s",
+        _printable(scope["method"][:20]),
+        _printable(scope["path"][:100]),
+        f" {_printable(response.rpc_method[:60])}"
+        if response is not None and response.rpc_method
+        else "",
+        499 if response is None else response.status,
+        (trio.current_time() - start) * 1000,
+        f" session {fingerprint(session)}" if session is not None else "",
+    )
+
+
 @final
 class _Response:
-    __slots__ = ("body", "headers", "status")
+    __slots__ = ("body", "headers", "rpc_method", "status")
 
     def __init__(
         self, status: int, body: bytes = b"", headers: list[tuple[bytes, bytes]] | None = None
@@ -137,6 +194,8 @@ class _Response:
         self.status = status
         self.body = body
         self.headers = headers if headers is not None else ([_JSON_TYPE] if body else [])
+        self.rpc_method: str | None = None
+        """The JSON-RPC method, once known (for the debug log line)."""
 
 
 def _json_error(status: int, code: int, message: str, request_id: object = None) -> _Response:
@@ -149,14 +208,62 @@ class _TooLargeError(Exception):
         self.drained = drained
 
 
+class _BusyError(Exception):
+    """The body would take the bytes held by all requests past ``max_buffered_bytes``."""
+
+
 class _DisconnectError(Exception):
     pass
 
 
 _LOCAL_HOSTS: Final = frozenset({"localhost", "127.0.0.1", "[::1]"})
 _KNOWN_METHODS: Final = frozenset(
-    {"initialize", "ping", "tools/list", "notifications/initialized", "notifications/cancelled"}
+    {
+        "initialize",
+        "ping",
+        "tools/list",
+        "tools/call",
+        "server/discover",
+        "notifications/initialized",
+        "notifications/cancelled",
+    }
 )
+_TOOLS_LIST_RESULTS: Final = {
+    version: msgspec.Raw(_encoder.encode({"tools": list_tools(version)}))
+    for version in SUPPORTED_PROTOCOL_VERSIONS
+}
+"""``tools/list`` results, encoded once per protocol version."""
+
+
+@final
+class _SessionLocks:
+    """One lock per session id, held while a request changes that session (a tool call that
+    writes, a DELETE), so read-modify-write of one session's payload never interleaves and a
+    tool never writes a session back after it was deleted. An entry lives only while someone
+    holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[trio.Lock, list[int]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+    @asynccontextmanager
+    async def hold(self, session_id: str) -> AsyncIterator[None]:
+        """Hold the lock of *session_id*. Checkpoint; cancel-safe (a cancelled wait holds
+        nothing)."""
+        entry = self._locks.get(session_id)
+        if entry is None:
+            entry = self._locks[session_id] = (trio.Lock(), [0])
+        lock, users = entry
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._locks[session_id]
 
 
 @final
@@ -180,7 +287,10 @@ class McpApp:
         self.stats = stats
         self.live_sessions = live_sessions
         self.max_body = config.max_body_bytes
+        self.max_buffered = config.max_buffered_bytes
         self.allowed_origins = frozenset(config.allowed_origins)
+        self.retry_after = b"%d" % max(1, round(config.engine.retry_interval))
+        self._locks = _SessionLocks()
 
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
@@ -190,7 +300,8 @@ class McpApp:
         Checkpoint. Cancel-safe in the engine's sense: a request cancelled (client gone, server
         shutting down) before the engine applied it has no effect; once applied, its effect
         stands even if the response is never sent. After the engine is closed, requests that
-        need it get 503 with JSON-RPC error -32002."""
+        need it get 503 with JSON-RPC error -32002. A response the client does not take within
+        ``send_timeout`` is abandoned (hypercorn then closes the connection)."""
         if scope["type"] == "lifespan":
             await self._lifespan(scope, receive, send)
             return
@@ -201,21 +312,37 @@ class McpApp:
         try:
             response = await self._handle(scope, receive)
         except _DisconnectError:
-            self.metrics.observe(route, 499, trio.current_time() - start)
+            self.metrics.observe(route, CLIENT_CLOSED, trio.current_time() - start)
+            if log.isEnabledFor(logging.DEBUG):
+                _log_request(scope, None, start)
             return
         headers = response.headers
         if response.status != 204:
             headers.append((b"content-length", b"%d" % len(response.body)))
-        await send(
-            {
-                "type": "http.response.start",
-                "status": response.status,
-                "headers": headers,
-                "trailers": False,
-            }
-        )
-        await send({"type": "http.response.body", "body": response.body, "more_body": False})
+        start_message: HTTPResponseStartEvent = {
+            "type": "http.response.start",
+            "status": response.status,
+            "headers": headers,
+            "trailers": False,
+        }
+        body_message: HTTPResponseBodyEvent = {
+            "type": "http.response.body",
+            "body": response.body,
+            "more_body": False,
+        }
+        if scope["http_version"] != "2":  # HTTP/1 writes are bounded by the server (serve_app)
+            await send(start_message)
+            await send(body_message)
+        else:  # HTTP/2 flow control can hold a response without any write waiting
+            with trio.move_on_after(self.config.send_timeout) as sending:
+                await send(start_message)
+                await send(body_message)
+            if sending.cancelled_caught:
+                self.metrics.observe(route, CLIENT_CLOSED, trio.current_time() - start)
+                return
         self.metrics.observe(route, response.status, trio.current_time() - start)
+        if log.isEnabledFor(logging.DEBUG):
+            _log_request(scope, response, start)
 
     async def _lifespan(
         self, scope: LifespanScope, receive: ASGIReceiveCallable, send: ASGISendCallable
@@ -265,72 +392,137 @@ class McpApp:
         return host in _LOCAL_HOSTS
 
     async def _read_body(self, headers: dict[bytes, bytes], receive: ASGIReceiveCallable) -> bytes:
-        """The request body; :class:`_TooLargeError` past ``max_body``. A body of up to
-        ``DRAIN_FACTOR`` times the limit is read to its end and dropped, so the connection
-        stays usable and the client reads the 413 (closing with unread data would reset it);
-        a larger one is abandoned and the connection closed."""
+        """The request body; :class:`_TooLargeError` past ``max_body``, :class:`_BusyError` if
+        holding it would take the bytes held by all requests (``metrics.buffered_bytes``) past
+        ``max_buffered`` (the rest of such a body is read and dropped, so the connection stays
+        usable). The caller gives the body's bytes back when done with it.
+
+        A body of up to ``DRAIN_FACTOR`` times the limit is read to its end and dropped, so the
+        connection stays usable and the client reads the 413 (closing with unread data would
+        reset it); a larger one is abandoned and the connection closed."""
         length = headers.get(b"content-length")
         declared = int(length) if length is not None and length.isdigit() else None
         drain_limit = self.max_body * DRAIN_FACTOR
         if declared is not None and declared > drain_limit:
             raise _TooLargeError(drained=False)
+        metrics = self.metrics
         chunks: list[bytes] = []
-        size = 0
+        size = held = 0
         too_large = declared is not None and declared > self.max_body
-        while True:
-            event = await receive()
-            if event["type"] == "http.disconnect":
-                raise _DisconnectError
-            if event["type"] != "http.request":
-                continue
-            chunk = event["body"]
-            size += len(chunk)
-            if size > self.max_body:
-                if size > drain_limit:
-                    raise _TooLargeError(drained=False)
-                too_large = True
-            if not too_large:
-                chunks.append(chunk)
-            if not event["more_body"]:
-                if too_large:
-                    raise _TooLargeError(drained=True)
-                return b"".join(chunks)
+        busy = False
+        try:
+            while True:
+                event = await receive()
+                if event["type"] == "http.disconnect":
+                    raise _DisconnectError
+                if event["type"] != "http.request":
+                    continue
+                chunk = event["body"]
+                size += len(chunk)
+                if size > self.max_body:
+                    if size > drain_limit:
+                        raise _TooLargeError(drained=False)
+                    too_large = True
+                if not busy and metrics.buffered_bytes + len(chunk) > self.max_buffered:
+                    busy = True
+                if too_large or busy:  # drop what is held, read on to the end
+                    chunks.clear()
+                    metrics.buffered_bytes -= held
+                    held = 0
+                elif chunk:
+                    metrics.buffered_bytes += len(chunk)
+                    held += len(chunk)
+                    chunks.append(chunk)
+                if not event["more_body"]:
+                    if too_large:
+                        raise _TooLargeError(drained=True)
+                    if busy:
+                        raise _BusyError
+                    return b"".join(chunks)
+        except BaseException:
+            metrics.buffered_bytes -= held
+            raise
 
     async def _post(
         self, scope: HTTPScope, headers: dict[bytes, bytes], receive: ASGIReceiveCallable
     ) -> _Response:
+        if not accepts_json_and_sse(headers.get(b"accept")):
+            return _json_error(
+                406,
+                INVALID_REQUEST,
+                "Not Acceptable: the client must accept both application/json and "
+                "text/event-stream (Accept header)",
+            )
         content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
         if content_type != b"application/json":
             return _json_error(
                 415, INVALID_REQUEST, "Unsupported Media Type: send Content-Type application/json"
             )
+        body_timeout = self.config.body_timeout
         try:
-            body = await self._read_body(headers, receive)
+            with trio.fail_after(body_timeout):
+                body = await self._read_body(headers, receive)
         except _TooLargeError as exc:
             response = _json_error(
                 413, INVALID_REQUEST, f"Request body larger than {self.max_body} bytes"
             )
             if not exc.drained:  # the rest of the body is unread: the connection is done
-                response.headers.append((b"connection", b"close"))
+                response.headers.append(_CLOSE)
             return response
+        except trio.TooSlowError:
+            response = _json_error(
+                408, INVALID_REQUEST, f"Request Timeout: body not received within {body_timeout} s"
+            )
+            response.headers.append(_CLOSE)
+            return response
+        except _BusyError:
+            response = _json_error(503, SERVER_BUSY, "Server busy: too many request bytes held")
+            response.headers.append((b"retry-after", b"%d" % RETRY_AFTER_SECONDS))
+            return response
+        try:
+            return await self._rpc(scope, headers, body)
+        finally:
+            self.metrics.buffered_bytes -= len(body)
+
+    async def _rpc(self, scope: HTTPScope, headers: dict[bytes, bytes], body: bytes) -> _Response:
+        """Decode one JSON-RPC message, check its shape and answer it."""
         try:
             message = _decoder.decode(body)
         except msgspec.ValidationError as exc:
             return _json_error(400, INVALID_REQUEST, f"Invalid JSON-RPC message: {exc}")
         except msgspec.DecodeError as exc:
             return _json_error(400, PARSE_ERROR, f"Parse error: {exc}")
+        except RecursionError:
+            return _json_error(400, PARSE_ERROR, "Parse error: JSON nested too deeply")
+        problem = message_problem(message)
+        if problem is not None:
+            return _json_error(400, INVALID_REQUEST, f"Invalid Request: {problem}")
         method = message.method
-        metrics = self.metrics
         if isinstance(method, str):
-            metrics.mcp[method if method in _KNOWN_METHODS else "other"] += 1
-            if method == "initialize":
-                return await self._initialize(scope, message)
-        elif message.id is _NO_ID or (message.result is _NO_ID and message.error is _NO_ID):
-            return _json_error(400, INVALID_REQUEST, "Invalid JSON-RPC message")
+            self.metrics.mcp[method if method in _KNOWN_METHODS else "other"] += 1
+        response = await self._message(scope, headers, message)
+        if isinstance(method, str):
+            response.rpc_method = method
+        return response
 
-        raw_id = headers.get(b"mcp-session-id")
+    async def _message(
+        self, scope: HTTPScope, headers: dict[bytes, bytes], message: Message
+    ) -> _Response:
+        """Answer one valid JSON-RPC message."""
+        method = message.method
+        if method == "initialize":
+            return await self._initialize(scope, message)
         request_id = None if message.id is _NO_ID else message.id
+        raw_version = headers.get(b"mcp-protocol-version")
+        version = None if raw_version is None else raw_version.decode("latin-1")
+        if version is not None and version not in SUPPORTED_PROTOCOL_VERSIONS:
+            # 2025-06-18/2025-11-25: an unsupported version MUST get 400. This is also what a
+            # 2026-07-28 probe (server/discover) gets: a plain error, so the client falls back.
+            return _Response(400, _error_object_body(handshake_only_error(version), request_id))
+        raw_id = headers.get(b"mcp-session-id")
         if raw_id is None:
+            if is_modern_request(message, version):
+                return _Response(400, _error_object_body(handshake_only_error(None), request_id))
             return _json_error(
                 400, SESSION_ERROR, "Bad Request: Mcp-Session-Id header is required", request_id
             )
@@ -338,32 +530,69 @@ class McpApp:
             session_id = validate_session_id(raw_id.decode("latin-1"))
         except InvalidSessionIdError as exc:
             return _json_error(400, SESSION_ERROR, f"Bad Request: {exc}", request_id)
-        version = headers.get(b"mcp-protocol-version")
-        if version is not None and version.decode("latin-1") not in SUPPORTED_PROTOCOL_VERSIONS:
-            return _json_error(
-                400,
-                INVALID_REQUEST,
-                f"Bad Request: unsupported MCP-Protocol-Version {version.decode('latin-1')!r}",
-                request_id,
-            )
+        if method == "tools/call" and message.id is not _NO_ID:
+            async with self._locks.hold(session_id):
+                return await self._tools_call(session_id, message, request_id)
         try:
             session = await self.sessions.get_and_touch(session_id)
         except EngineClosedError:
             return _json_error(503, SERVER_BUSY, "Server shutting down", request_id)
         if session is None:
-            metrics.sessions_not_found += 1
+            self.metrics.sessions_not_found += 1
             return _json_error(404, SESSION_ERROR, "Session not found", request_id)
         if message.id is _NO_ID or not isinstance(method, str):
             return _Response(202)  # a notification, or a response to a server request
         if method == "ping":
             return _Response(200, _result_body(request_id, {}))
         if method == "tools/list":
-            return _Response(200, _result_body(request_id, {"tools": []}))
+            tools = _TOOLS_LIST_RESULTS.get(session.protocol_version)
+            if tools is None:  # a session stored by a version of this server with other versions
+                tools = msgspec.Raw(_encoder.encode({"tools": list_tools(LATEST_PROTOCOL_VERSION)}))
+            return _Response(200, _result_body(request_id, tools))
         return _Response(
-            200, _error_body(METHOD_NOT_FOUND, f"Method not found: {method[:100]}", request_id)
+            200,
+            _error_body(
+                METHOD_NOT_FOUND,
+                f"Method not found: {method[:MAX_REPORTED_METHOD]}",
+                request_id,
+            ),
         )
 
-    async def _initialize(self, scope: HTTPScope, message: _Message) -> _Response:
+    async def _tools_call(self, session_id: str, message: Message, request_id: object) -> _Response:
+        """Run a demo tool on the session; a tool that changes the session's payload writes it
+        through the engine (durable) before the answer. Runs under the session's lock."""
+        try:
+            session = await self.sessions.get_and_touch(session_id)
+        except EngineClosedError:
+            return _json_error(503, SERVER_BUSY, "Server shutting down", request_id)
+        if session is None:
+            self.metrics.sessions_not_found += 1
+            return _json_error(404, SESSION_ERROR, "Session not found", request_id)
+        params = message.params if isinstance(message.params, dict) else None
+        try:
+            outcome = call_tool(session, params)
+        except ToolCallError as exc:
+            return _Response(200, _error_body(exc.code, exc.message, request_id))
+        if outcome.payload is not None:
+            try:
+                # Replaces the live session with its new payload; returns once durable.
+                await self.sessions.create(session_id, outcome.payload)
+            except EngineClosedError:
+                return _json_error(503, SERVER_BUSY, "Server shutting down", request_id)
+            except StorageError as exc:
+                # Not durable: put the old payload back, so the failed call has no effect (its
+                # write is replaced by this one in the writer's queue), and say so.
+                log.warning("session %s: tool write failed: %s", fingerprint(session_id), exc)
+                with trio.CancelScope(shield=True), suppress(StorageError, EngineClosedError):
+                    await self.sessions.create(session_id, session)
+                response = _json_error(
+                    503, SERVER_BUSY, "Storage unavailable: the change was not saved", request_id
+                )
+                response.headers.append((b"retry-after", self.retry_after))
+                return response
+        return _Response(200, _result_body(request_id, outcome.result))
+
+    async def _initialize(self, scope: HTTPScope, message: Message) -> _Response:
         request_id = None if message.id is _NO_ID else message.id
         if message.id is _NO_ID:
             return _json_error(400, INVALID_REQUEST, "initialize must be a request (with an id)")
@@ -373,8 +602,13 @@ class McpApp:
             )
         except msgspec.ValidationError as exc:
             return _json_error(400, INVALID_PARAMS, f"Invalid initialize params: {exc}", request_id)
+        except RecursionError:
+            return _json_error(
+                400, INVALID_PARAMS, "Invalid initialize params: nested too deeply", request_id
+            )
         try:
-            query = parse_qs(scope["query_string"].decode("latin-1"), max_num_fields=32)
+            text = scope["query_string"].decode("latin-1")
+            query = parse_qs(text, max_num_fields=MAX_QUERY_FIELDS)
             connection = connection_from_query(query)
         except (TagFilterError, ValueError) as exc:
             return _json_error(400, INVALID_PARAMS, f"Invalid tag filter: {exc}", request_id)
@@ -393,6 +627,9 @@ class McpApp:
         )
         try:
             await self.sessions.create(session_id, payload)
+        except PayloadError as exc:  # too large or too deep to store: the client's doing
+            why = f"Invalid initialize params: cannot store them: {exc}"
+            return _json_error(400, INVALID_PARAMS, why, request_id)
         except EngineClosedError:
             return _json_error(503, SERVER_BUSY, "Server shutting down", request_id)
         except StorageError as exc:
@@ -401,9 +638,12 @@ class McpApp:
         self.metrics.sessions_created += 1
         result = {
             "protocolVersion": version,
-            "capabilities": {"tools": {"listChanged": False}},
+            "capabilities": SERVER_CAPABILITIES,
             "serverInfo": {"name": SERVER_NAME, "version": _version()},
-            "instructions": "Sessions on this server survive restarts.",
+            "instructions": (
+                "Sessions on this server survive restarts. Its demo tools keep their state in "
+                "the session: count, remember, recall, session_info."
+            ),
         }
         return _Response(
             200,
@@ -412,6 +652,11 @@ class McpApp:
         )
 
     async def _delete(self, headers: dict[bytes, bytes]) -> _Response:
+        raw_version = headers.get(b"mcp-protocol-version")
+        if raw_version is not None:
+            version = raw_version.decode("latin-1")
+            if version not in SUPPORTED_PROTOCOL_VERSIONS:
+                return _Response(400, _error_object_body(handshake_only_error(version)))
         raw_id = headers.get(b"mcp-session-id")
         if raw_id is None:
             return _json_error(400, SESSION_ERROR, "Bad Request: Mcp-Session-Id header is required")
@@ -420,7 +665,8 @@ class McpApp:
         except InvalidSessionIdError as exc:
             return _json_error(400, SESSION_ERROR, f"Bad Request: {exc}")
         try:
-            deleted = await self.sessions.delete(session_id)
+            async with self._locks.hold(session_id):
+                deleted = await self.sessions.delete(session_id)
         except EngineClosedError:
             return _json_error(503, SERVER_BUSY, "Server shutting down")
         except StorageError as exc:
@@ -443,22 +689,6 @@ def _version() -> str:
     return __version__
 
 
-def hypercorn_config(config: ServerConfig) -> HypercornConfig:
-    """The hypercorn settings for *config*: one bind, no access log, our graceful timeout."""
-    from hypercorn.config import Config as HypercornConfig
-
-    hc = HypercornConfig()
-    host = f"[{config.host}]" if ":" in config.host else config.host
-    hc.bind = [f"{host}:{config.port}"]
-    hc.graceful_timeout = config.graceful_timeout
-    hc.accesslog = None
-    hc.errorlog = logging.getLogger("hypercorn.error")
-    hc.keep_alive_timeout = 30
-    hc.keep_alive_max_requests = 100_000
-    hc.backlog = 1024
-    return hc
-
-
 async def serve(
     config: ServerConfig,
     *,
@@ -476,6 +706,7 @@ async def serve(
     engine holds the storage folder. Checkpoint; cancelling it stops the server at once, but the
     engine's final flush still runs (shielded).
     """
+    ensure_file_limit(config.max_connections)  # before loading sessions: fail fast
     metrics = Metrics()
     async with open_engine(config.engine, payload_type=McpSession) as engine:
         app = McpApp(
@@ -503,7 +734,7 @@ async def serve(
 
             async with trio.open_nursery() as nursery:
                 binds: list[str] = await nursery.start(
-                    _serve_app, app, hypercorn_config(config), wait_for_shutdown
+                    partial(serve_app, metrics=metrics), app, config, wait_for_shutdown
                 )
                 storage = config.engine.storage_dir
                 where = (
@@ -522,30 +753,21 @@ async def serve(
                         flush=True,
                     )
                 task_status.started(binds)
-        log.info("server stopped; final flush of %d sessions", engine.statistics().dirty_sessions)
-    if announce is not None:
-        stats = engine.statistics()
-        print(
-            f"engine: stopped; {_sessions(stats.live_sessions)} saved "
-            f"({stats.storage_errors} storage errors)",
-            file=announce,
-            flush=True,
+        before = engine.statistics()
+        log.info(
+            "server stopped; closing the engine: %s, %d with changes not yet written",
+            _sessions(before.live_sessions),
+            before.dirty_sessions,
         )
-
-
-async def _serve_app(
-    app: McpApp,
-    hc: HypercornConfig,
-    shutdown_trigger: Callable[[], Awaitable[None]],
-    *,
-    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    from hypercorn.trio import serve as hypercorn_serve
-
-    await hypercorn_serve(
-        app,
-        hc,
-        shutdown_trigger=shutdown_trigger,
-        task_status=task_status,
-        mode="asgi",
-    )
+    stats = engine.statistics()
+    written = stats.storage_writes - before.storage_writes
+    log.info("engine closed; the final flush wrote %s", _sessions(written))
+    if announce is not None:
+        if config.engine.storage_dir is None:
+            outcome = f"{_sessions(stats.live_sessions)} dropped (memory only)"
+        else:
+            outcome = (
+                f"{_sessions(stats.live_sessions)} saved ({written} written at shutdown, "
+                f"{stats.storage_errors} storage errors)"
+            )
+        print(f"engine: stopped; {outcome}", file=announce, flush=True)

@@ -30,8 +30,10 @@ MAX_TAGS: Final = 64
 MAX_TAG_LENGTH: Final = 100
 MAX_EXPRESSION_LENGTH: Final = 1000
 MAX_DEPTH: Final = 32
+MAX_QUOTED: Final = 40
+"""Longest part of a bad input quoted back in an error message."""
 
-_TAG = re.compile(r"[A-Za-z0-9_.:@/-]{1,100}\Z")
+_TAG = re.compile(rf"[A-Za-z0-9_.:@/-]{{1,{MAX_TAG_LENGTH}}}\Z")
 _MODES: Final = frozenset(get_args(TagFilterMode))
 
 
@@ -50,6 +52,10 @@ class McpSession(msgspec.Struct, frozen=True, kw_only=True):
     """The client's ``capabilities`` object, as sent."""
     connection: ConnectionConfig = ConnectionConfig()
     """The tag filter from the query parameters (the original's ``InboundConnectionConfig``)."""
+    counter: int = 0
+    """State of the ``count`` demo tool (see :mod:`engine.mcp._tools`)."""
+    note: str = ""
+    """State of the ``remember``/``recall`` demo tools: the last note stored."""
 
 
 @final
@@ -60,7 +66,8 @@ class TagFilterError(ValueError):
 def _check_tag(tag: str) -> str:
     if not _TAG.match(tag):
         raise TagFilterError(
-            f"invalid tag {tag[:40]!r}: use 1 to {MAX_TAG_LENGTH} letters, digits or '_.:@/-'"
+            f"invalid tag {tag[:MAX_QUOTED]!r}: "
+            f"use 1 to {MAX_TAG_LENGTH} letters, digits or '_.:@/-'"
         )
     return tag
 
@@ -92,7 +99,7 @@ def _tokenize(text: str) -> list[str]:
     while pos < len(text):
         match = _TOKEN.match(text, pos)
         if match is None:
-            raise TagFilterError(f"tag-filter: unexpected {text[pos:].strip()[:20]!r}")
+            raise TagFilterError(f"tag-filter: unexpected {text[pos:].strip()[:MAX_QUOTED]!r}")
         tokens.append(match.group(1))
         pos = match.end()
     return tokens

@@ -2,20 +2,17 @@
 
 Every blocking call runs in a worker thread. A write is: a temp file in the same folder opened
 ``O_EXCL|O_NOFOLLOW`` with mode 0600, the bytes, ``fsync``, an atomic ``rename`` over the final
-name, and one folder ``fsync`` per batch. The folder is created 0700 and held with an exclusive
-``flock`` on ``.lock`` while open.
+name, and one folder ``fsync`` per batch. The folder is created 0700 (an existing one must be
+0700 or stricter) and held with exclusive locks on ``.lock`` while open (see :mod:`._lock`).
+Every filesystem call goes through a :class:`~engine.storage.FileSystem` (the test seam).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
-import hashlib
 import logging
 import os
-import re
-import secrets
 import stat
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -24,9 +21,24 @@ from typing import Final, TypeVar, final
 import attrs
 import trio
 
-from .._errors import StorageError, StorageLockedError, StorageResetError
+from .._errors import StorageError, StorageResetError
+from ._files import (
+    LOCK_NAME,
+    QUARANTINE,
+    EntryKind,
+    ProblemKind,
+    RecordProblem,
+    classify_entry,
+    examine,
+    file_name_for,
+    folder_mode_problem,
+    read_record,
+    temp_name_for,
+)
+from ._fs import OS_FILE_SYSTEM, FileSystem
+from ._lock import take_lock
 from ._protocol import LoadedRecord, WriteBatch
-from ._records import MAX_RECORD_BYTES
+from ._records import CorruptRecordError
 
 __all__ = ["DirectoryStore", "LoadReport", "file_name_for"]
 
@@ -34,27 +46,8 @@ log = logging.getLogger("engine.storage")
 
 R = TypeVar("R", bound=LoadedRecord)
 
-SUFFIX: Final = ".session"
-LOCK_NAME: Final = ".lock"
-TEMP_PREFIX: Final = ".tmp."
-QUARANTINE: Final = "quarantine"
-
-_TEMP_NAME = re.compile(r"\.tmp\.[0-9A-Za-z]+\..+\.session\Z")
-"""The shape of our temp files, ``.tmp.<token>.<file name>.session`` (see :func:`_write_atomic`):
-any other ``.tmp.*`` entry is not ours and is left alone."""
 WRITE_SLICE: Final = 256
 """Operations per worker-thread call (each slice ends with one folder fsync)."""
-
-_PLAIN_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}\Z")
-
-
-def file_name_for(session_id: str) -> str:
-    """The file name of a session: ``<id>.session`` for plain ids (letters, digits, ``._-``, at
-    most 200 characters, not starting with a dot), else ``~<sha256 of id>.session``. The two
-    forms cannot collide: plain ids never start with ``~``."""
-    if _PLAIN_ID.match(session_id):
-        return session_id + SUFFIX
-    return "~" + hashlib.sha256(session_id.encode()).hexdigest() + SUFFIX
 
 
 @final
@@ -82,61 +75,87 @@ class DirectoryStore:
 
     Safe against crashes at any point: a file is either the old record or the new one, never a
     mix; a crash leaves at most a stale temp file, removed at the next open.
+
+    *fs* is the filesystem seam: every filesystem call goes through it (default: the real
+    calls, :data:`~engine.storage.OS_FILE_SYSTEM`). Tests pass a
+    :class:`~engine.testing.FaultyFileSystem` to inject faults.
     """
 
     preloads = True
     expires_keys = False
 
-    def __init__(self, path: os.PathLike[str] | str) -> None:
+    def __init__(self, path: os.PathLike[str] | str, *, fs: FileSystem = OS_FILE_SYSTEM) -> None:
         self.path = Path(path)
         self.report = LoadReport()
         """What the last :meth:`load_all` found."""
+        self._fs = fs
+        self._closed = False
         self._lock_fd: int | None = None
         self._lock_id: tuple[int, int] | None = None
 
     # -- open / close -------------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Create the folder (0700) if needed and take its lock.
+        """Create the folder (0700) if needed and take its lock. A checkpoint; runs in a worker
+        thread, which a cancellation waits for (the store is then open: close it).
 
         Raises :class:`~engine.StorageLockedError` if another engine holds it, and
-        :class:`~engine.StorageError` if the path is not a usable folder."""
+        :class:`~engine.StorageError` if the path is not a usable folder: not a folder, a folder
+        that grants group or others any access (mode other than ``0700`` or stricter: it is
+        refused, not changed, the way ssh treats a private key file), or a lock file that is a
+        symlink, a hard link or not a regular file. Nothing outside the folder is ever written.
+        """
         await trio.to_thread.run_sync(self._open_sync)
+        self._closed = False
 
     def _open_sync(self) -> None:
+        fs = self._fs
+        created = self._make_folder()
         try:
-            created = not os.path.lexists(self.path)
-            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = fs.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except NotADirectoryError:
+            raise StorageError(f"storage_dir {self.path} is not a folder") from None
+        except OSError as exc:
+            raise StorageError(f"cannot open storage_dir {self.path}: {exc}") from exc
+        try:
+            mode = fs.fstat(fd).st_mode
             if created:  # make the new folder's own entry durable
-                _fsync_dir(self.path.parent)
-        except FileExistsError:
-            raise StorageError(f"storage_dir {self.path} exists and is not a folder") from None
+                _fsync_dir(fs, self.path.parent)
+        except OSError as exc:
+            raise StorageError(f"cannot set up storage_dir {self.path}: {exc}") from exc
+        finally:
+            fs.close(fd)
+        problem = folder_mode_problem(self.path, mode)
+        if problem is not None:
+            raise StorageError(problem)
+        self._lock_fd, self._lock_id = take_lock(fs, self.path)
+
+    def _make_folder(self) -> bool:
+        """Create the folder (0700) and its missing parents; True if it was created."""
+        fs = self._fs
+        try:
+            fs.lstat(self.path)
+            return False
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise StorageError(f"cannot examine storage_dir {self.path}: {exc}") from exc
+        missing = [self.path]
+        for parent in self.path.parents:
+            try:
+                fs.lstat(parent)
+                break
+            except FileNotFoundError:
+                missing.append(parent)
+            except OSError:
+                break
+        try:
+            for folder in reversed(missing):
+                with contextlib.suppress(FileExistsError):
+                    fs.mkdir(folder, 0o700 if folder == self.path else 0o777)
         except OSError as exc:
             raise StorageError(f"cannot create storage_dir {self.path}: {exc}") from exc
-        if not self.path.is_dir():
-            raise StorageError(f"storage_dir {self.path} is not a folder")
-        lock_path = self.path / LOCK_NAME
-        try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        except OSError as exc:
-            raise StorageError(f"cannot open lock file {lock_path}: {exc}") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _read_small(fd)
-            os.close(fd)
-            raise StorageLockedError(
-                f"storage_dir {self.path} is in use by another engine"
-                + (f" (pid {holder})" if holder else "")
-            ) from None
-        except OSError as exc:
-            os.close(fd)
-            raise StorageError(f"cannot lock {lock_path}: {exc}") from exc
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        st = os.fstat(fd)
-        self._lock_fd = fd
-        self._lock_id = (st.st_dev, st.st_ino)
+        return True
 
     def _check_folder(self) -> None:
         """If the folder (seen through its lock file) was removed or replaced since open, set it
@@ -144,14 +163,14 @@ class DirectoryStore:
         rewrites every live session. Raises :class:`~engine.StorageLockedError` if another
         engine took the new folder meanwhile."""
         try:
-            st = os.stat(self.path / LOCK_NAME, follow_symlinks=False)
+            st = self._fs.lstat(self.path / LOCK_NAME)
             if (st.st_dev, st.st_ino) == self._lock_id:
                 return
         except FileNotFoundError:
             pass
         old, self._lock_fd = self._lock_fd, None
         if old is not None:
-            os.close(old)
+            self._fs.close(old)
         self._open_sync()
         raise StorageResetError(
             f"storage_dir {self.path} was removed or replaced under the running engine; "
@@ -159,69 +178,67 @@ class DirectoryStore:
         )
 
     async def aclose(self) -> None:
-        """Release the lock. The lock file stays (removing it would race with a new opener)."""
+        """Release the lock. The lock file stays (removing it would race with a new opener).
+        Not a checkpoint; never blocks. Afterwards :meth:`write` raises
+        :class:`~engine.StorageError`."""
+        self._closed = True
         fd, self._lock_fd = self._lock_fd, None
         if fd is not None:
-            os.close(fd)  # closing the descriptor releases the flock; never blocks
+            self._fs.close(fd)  # closing the descriptor releases the locks
 
     # -- load ---------------------------------------------------------------------------------
 
     async def load_all(self, parse: Callable[[bytes], R], now: float) -> list[R]:
-        """Load every live session; see :class:`~engine.Store`. Runs in a worker thread.
+        """Load every live session; see :class:`~engine.Store`. A checkpoint; runs in a worker
+        thread, which a cancellation waits for.
 
-        Session files that are not regular files (symlinks, folders), over 1 MiB, undecodable, of
-        another format version or whose name does not match their id are moved to
-        ``quarantine/``. Expired sessions are deleted. Stale temp files are deleted. Entries not
-        named like ours are left alone. :attr:`report` says what was found.
+        Session files that are not regular files (symlinks, folders, FIFOs), over 1 MiB,
+        undecodable, of another format version, of an invalid id or whose name does not match
+        their id are moved to ``quarantine/``. Expired sessions are deleted. Stale temp files
+        are deleted. Entries not named like ours are left alone. The rules are those of
+        :func:`~engine.storage.scan`. :attr:`report` says what was found.
         """
         return await trio.to_thread.run_sync(self._load_all_sync, parse, now)
 
     def _load_all_sync(self, parse: Callable[[bytes], R], now: float) -> list[R]:
+        fs = self._fs
         report = self.report = LoadReport()
         records: list[R] = []
         expired: list[str] = []
-        with os.scandir(self.path) as entries:
-            names = [(e.name, e) for e in entries]
-        for name, entry in names:
-            if name in (LOCK_NAME, QUARANTINE):
-                continue
-            if _TEMP_NAME.match(name) and entry.is_file(follow_symlinks=False):
+        folder = str(self.path)
+        with fs.scandir(folder) as it:
+            entries = list(it)
+        for entry in entries:
+            name = entry.name
+            kind = classify_entry(name, regular_file=entry.is_file(follow_symlinks=False))
+            if kind is EntryKind.SESSION:
                 try:
-                    os.unlink(entry.path)
+                    found = examine(fs, folder, entry, parse)
+                except RecordProblem as exc:
+                    if exc.kind is ProblemKind.UNREADABLE:
+                        log.error("cannot read session file %s: %s", entry.path, exc.detail)
+                        report.unreadable.append((name, exc.detail))
+                    else:
+                        self._quarantine(name, exc.detail)
+                    continue
+                if found is None:  # vanished meanwhile
+                    continue
+                record = found[0]
+                if record.expires <= now:
+                    expired.append(name)
+                else:
+                    records.append(record)
+            elif kind is EntryKind.TEMP:
+                try:
+                    fs.unlink(entry.path)
                     report.temp_removed += 1
                 except OSError as exc:
                     log.warning("cannot remove stale temp file %s: %s", entry.path, exc)
-                continue
-            if not name.endswith(SUFFIX) or name.startswith("."):
+            elif kind is EntryKind.FOREIGN:
                 report.foreign.append(name)
-                continue
-            if not entry.is_file(follow_symlinks=False):
-                self._quarantine(name, "not a regular file")
-                continue
-            try:
-                data = _read_record(entry.path)
-            except _TooLargeError as exc:
-                self._quarantine(name, str(exc))
-                continue
-            except OSError as exc:
-                log.error("cannot read session file %s: %s", entry.path, exc)
-                report.unreadable.append((name, str(exc)))
-                continue
-            try:
-                record = parse(data)
-            except ValueError as exc:
-                self._quarantine(name, str(exc))
-                continue
-            if file_name_for(record.id) != name:
-                self._quarantine(name, f"file name does not match session id {record.id!r}")
-                continue
-            if record.expires <= now:
-                expired.append(name)
-                continue
-            records.append(record)
         for name in expired:
             try:
-                os.unlink(self.path / name)
+                fs.unlink(self.path / name)
                 report.expired_removed += 1
             except FileNotFoundError:
                 pass
@@ -239,18 +256,19 @@ class DirectoryStore:
         return records
 
     def _quarantine(self, name: str, reason: str) -> None:
+        fs = self._fs
         folder = self.path / QUARANTINE
         try:
             with contextlib.suppress(FileExistsError):
-                os.mkdir(folder, 0o700)
-            if not stat.S_ISDIR(os.lstat(folder).st_mode):  # a symlink could lead outside
+                fs.mkdir(folder, 0o700)
+            if not stat.S_ISDIR(fs.lstat(folder).st_mode):  # a symlink could lead outside
                 raise NotADirectoryError(errno.ENOTDIR, "not a real folder", str(folder))
             target = folder / name
             n = 0
-            while os.path.lexists(target):
+            while _lexists(fs, target):
                 n += 1
                 target = folder / f"{name}.{n}"
-            os.rename(self.path / name, target)
+            fs.rename(self.path / name, target)
         except OSError as exc:
             log.error("cannot quarantine %s (%s): %s", name, reason, exc)
             self.report.unreadable.append((name, f"{reason}; quarantine failed: {exc}"))
@@ -261,15 +279,19 @@ class DirectoryStore:
     async def load_one(
         self, session_id: str, parse: Callable[[bytes], R]
     ) -> tuple[R, float] | None:
-        """Read one session's record (and its own expiry), or ``None`` if it has no file. Raises
-        ``ValueError`` for a corrupt record."""
-        path = self.path / file_name_for(session_id)
+        """Read one session's record and its expiry (the record's own), or ``None`` if it has no
+        file. Raises ``ValueError`` (:class:`~engine.storage.CorruptRecordError`) for a file
+        that is not a loadable record. A checkpoint; runs in a worker thread, which a
+        cancellation waits for."""
+        path = str(self.path / file_name_for(session_id))
 
         def read() -> tuple[R, float] | None:
             try:
-                record = parse(_read_record(str(path)))
+                record = parse(read_record(self._fs, path))
             except FileNotFoundError:
                 return None
+            except RecordProblem as exc:
+                raise CorruptRecordError(exc.detail) from None
             return record, record.expires
 
         return await trio.to_thread.run_sync(read)
@@ -297,7 +319,10 @@ class DirectoryStore:
         return failed
 
     def _write_sync(self, batch: WriteBatch) -> dict[str, Exception]:
+        if self._closed:  # never write without the lock
+            raise StorageError(f"the store of {self.path} is closed")
         self._check_folder()
+        fs = self._fs
         failed: dict[str, Exception] = {}
         done: list[str] = []
         folder = self.path
@@ -306,15 +331,15 @@ class DirectoryStore:
             try:
                 if op is None:
                     with contextlib.suppress(FileNotFoundError):
-                        os.unlink(folder / name)
+                        fs.unlink(folder / name)
                 else:
-                    _write_atomic(folder, name, op.data)
+                    _write_atomic(fs, folder, name, op.data)
                 done.append(session_id)
             except OSError as exc:
                 failed[session_id] = exc
         if done:
             try:
-                _fsync_dir(folder)
+                _fsync_dir(fs, folder)
             except OSError as exc:
                 for session_id in done:
                     failed[session_id] = exc
@@ -322,62 +347,46 @@ class DirectoryStore:
 
     def _fsync_dir_quietly(self) -> None:
         try:
-            _fsync_dir(self.path)
+            _fsync_dir(self._fs, self.path)
         except OSError as exc:
             log.warning("cannot fsync %s: %s", self.path, exc)
 
 
-class _TooLargeError(Exception):
-    pass
+_CREATE_TEMP: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def _read_record(path: str) -> bytes:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    try:
-        size = os.fstat(fd).st_size
-        if size > MAX_RECORD_BYTES:
-            raise _TooLargeError(f"record of {size} bytes is over the {MAX_RECORD_BYTES} limit")
-        data = bytearray()
-        while chunk := os.read(fd, MAX_RECORD_BYTES + 1 - len(data)):
-            data += chunk
-            if len(data) > MAX_RECORD_BYTES:
-                raise _TooLargeError(f"record is over the {MAX_RECORD_BYTES} byte limit")
-        return bytes(data)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(folder: Path, name: str, data: bytes) -> None:
-    temp = folder / f"{TEMP_PREFIX}{secrets.token_hex(6)}.{name}"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+def _write_atomic(fs: FileSystem, folder: Path, name: str, data: bytes) -> None:
+    temp = folder / temp_name_for(name)
+    fd = fs.open(temp, _CREATE_TEMP, 0o600)
     try:
         try:
             view = memoryview(data)
             while view:
-                written = os.write(fd, view)
+                written = fs.write(fd, view)
                 if written <= 0:
                     raise OSError(errno.EIO, "short write")
                 view = view[written:]
-            os.fsync(fd)
+            fs.fsync(fd)
         finally:
-            os.close(fd)
-        os.rename(temp, folder / name)
+            fs.close(fd)
+        fs.rename(temp, folder / name)
     except BaseException:
         with contextlib.suppress(OSError):
-            os.unlink(temp)
+            fs.unlink(temp)
         raise
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+def _fsync_dir(fs: FileSystem, folder: Path) -> None:
+    fd = fs.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        os.fsync(fd)
+        fs.fsync(fd)
     finally:
-        os.close(fd)
+        fs.close(fd)
 
 
-def _read_small(fd: int) -> str:
+def _lexists(fs: FileSystem, path: Path) -> bool:
     try:
-        return os.pread(fd, 32, 0).decode(errors="replace").strip()
-    except OSError:
-        return ""
+        fs.lstat(path)
+    except FileNotFoundError:
+        return False
+    return True

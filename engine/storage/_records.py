@@ -47,8 +47,13 @@ class _Header(msgspec.Struct):
 
 @final
 class CorruptRecordError(ValueError):
-    """A stored record cannot be decoded: truncated, not ours, the wrong schema, or a format
-    version this engine does not read."""
+    """A stored record cannot be decoded: truncated, not ours, the wrong schema, a format
+    version this engine does not read, or an invalid session id (then :attr:`bad_id` is true)."""
+
+    def __init__(self, message: str, *, bad_id: bool = False) -> None:
+        super().__init__(message)
+        self.bad_id = bad_id
+        """The record decoded, but its session id is invalid."""
 
 
 @final
@@ -86,5 +91,5 @@ class RecordDecoder(Generic[P]):
         try:
             validate_session_id(record.id)
         except InvalidSessionIdError as exc:
-            raise CorruptRecordError(str(exc)) from None
+            raise CorruptRecordError(str(exc), bad_id=True) from None
         return record

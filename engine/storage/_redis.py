@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import secrets
 import time
 import urllib.parse
@@ -43,13 +42,21 @@ from .._errors import SessionExistsError, SessionGoneError, StorageError
 from ._protocol import Changes, Invalidation, LoadedRecord, Put, PutKind, WriteBatch
 from ._records import MAX_RECORD_BYTES
 
-__all__ = ["RedisStatus", "RedisStore", "redact_url"]
+__all__ = ["REDIS_URL_SCHEMES", "RedisStatus", "RedisStore", "redact_url"]
 
 log = logging.getLogger("engine.storage.redis")
 
 R = TypeVar("R", bound=LoadedRecord)
 
-SCHEMES: Final = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster", "redis+sentinel")
+REDIS_URL_SCHEMES: Final = (
+    "redis",
+    "rediss",
+    "unix",
+    "redis+cluster",
+    "rediss+cluster",
+    "redis+sentinel",
+)
+"""URL schemes :class:`RedisStore` accepts (``scheme://...``)."""
 INVALIDATION_BACKLOG: Final = 10_000
 """Invalidation messages buffered for the engine; past that the store reports "everything
 suspect" instead (a slow engine never makes the subscriber block or grow without bound)."""
@@ -144,10 +151,10 @@ class RedisStore:
         max_connections: int = 64,
     ) -> None:
         scheme = url.partition("://")[0].lower()
-        if scheme not in SCHEMES:
+        if scheme not in REDIS_URL_SCHEMES:
             raise ValueError(
                 f"unsupported Redis URL scheme {scheme!r} in {redact_url(url)} "
-                f"(one of {', '.join(s + '://' for s in SCHEMES)})"
+                f"(one of {', '.join(s + '://' for s in REDIS_URL_SCHEMES)})"
             )
         if not (timeout > 0 and math.isfinite(timeout)):
             raise ValueError(f"timeout must be a finite number > 0, got {timeout!r}")
@@ -713,10 +720,3 @@ def _version_tuple(version: str) -> tuple[int, ...]:
 def _describe(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text
-
-
-def redis_password_from_env(environ: Mapping[str, str] | None = None) -> str | None:
-    """``ENGINE_REDIS_PASSWORD`` from the environment, if set (so a password need not be in the
-    URL, where process listings could show it)."""
-    env = os.environ if environ is None else environ
-    return env.get("ENGINE_REDIS_PASSWORD") or None

@@ -17,7 +17,11 @@ def test_redis_settings_are_validated_and_the_password_is_redacted() -> None:
     with pytest.raises(ConfigError, match="redis_url"):
         EngineConfig(store="redis")
     with pytest.raises(ConfigError, match="store"):
-        EngineConfig(store="memcached")
+        EngineConfig(store="memcached")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"store.*must be one of directory, redis"):
+        EngineConfig.from_mapping({"store": "memcached"})
+    with pytest.raises(ConfigError, match="store"):
+        EngineConfig.from_env(environ={"ENGINE_STORE": "memcached"})
     with pytest.raises(ConfigError, match="redis_url"):
         EngineConfig(store="redis", redis_url="http://x")
     config = EngineConfig(store="redis", redis_url="redis://:hunter2@127.0.0.1:6379/0")

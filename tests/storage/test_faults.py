@@ -1,9 +1,10 @@
 """Storage faults under a running engine: it keeps serving from memory, counts and logs the
 failure, retries, and loses nothing that was already persisted.
 
-Faults are injected by replacing ``os`` in ``engine.storage._directory`` with
-:class:`FaultyOs`, which performs the real call unless a fault is armed for it (real files,
-real folder; no mocks of the engine). The folder-removed case removes the real folder.
+Faults are injected through the directory store's filesystem seam: the store is given a
+:class:`~engine.testing.FaultyFileSystem`, which performs the real call unless a fault is armed
+for it (real files, real folder; no mocks of the engine). The folder-removed case removes the
+real folder.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -18,69 +20,23 @@ import msgspec
 import pytest
 import trio
 
-import engine.storage._directory
-from engine import ConnectionConfig, EngineConfig, StorageError, open_engine
+from engine import ConnectionConfig, DirectoryStore, Engine, EngineConfig, StorageError, open_engine
+from engine.testing import FaultyFileSystem
 
 P1 = ConnectionConfig(tags=("one",))
 P2 = ConnectionConfig(tags=("two",))
 
 
-class FaultyOs:
-    """``os`` for the directory store, with one armable fault: *func* raises ``OSError(err)``.
-    ``fsync-dir`` / ``fsync-file`` target only folder / only file fsyncs."""
-
-    def __init__(self, real: Any) -> None:
-        self._os = real
-        self.fault: tuple[str, int] | None = None
-        self.hits = 0
-        self.dir_fds: set[int] = set()
-        self.opened: list[str] = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._os, name)
-
-    def _maybe_fail(self, func: str) -> None:
-        if self.fault is not None and self.fault[0] == func:
-            self.hits += 1
-            raise OSError(self.fault[1], f"injected {os.strerror(self.fault[1])}")
-
-    def open(self, path: Any, flags: int, mode: int = 0o777) -> int:
-        if not flags & os.O_DIRECTORY and flags & os.O_CREAT:
-            self._maybe_fail("open")
-        fd: int = self._os.open(path, flags, mode)
-        if flags & os.O_DIRECTORY:
-            self.dir_fds.add(fd)
-        else:
-            self.opened.append(os.fsdecode(path))
-        return fd
-
-    def close(self, fd: int) -> None:
-        self.dir_fds.discard(fd)
-        self._os.close(fd)
-
-    def write(self, fd: int, data: Any) -> int:
-        self._maybe_fail("write")
-        n: int = self._os.write(fd, data)
-        return n
-
-    def fsync(self, fd: int) -> None:
-        self._maybe_fail("fsync-dir" if fd in self.dir_fds else "fsync-file")
-        self._os.fsync(fd)
-
-    def rename(self, src: Any, dst: Any) -> None:
-        self._maybe_fail("rename")
-        self._os.rename(src, dst)
-
-    def unlink(self, path: Any) -> None:
-        self._maybe_fail("unlink")
-        self._os.unlink(path)
-
-
 @pytest.fixture
-def faulty(monkeypatch: pytest.MonkeyPatch) -> FaultyOs:
-    fake = FaultyOs(os)
-    monkeypatch.setattr(engine.storage._directory, "os", fake)
-    return fake
+def faulty() -> FaultyFileSystem:
+    return FaultyFileSystem()
+
+
+def open_faulty(
+    folder: Path, fs: FaultyFileSystem, **kw: Any
+) -> AbstractAsyncContextManager[Engine[ConnectionConfig]]:
+    """An engine on a directory store in *folder* whose filesystem calls go through *fs*."""
+    return open_engine(config(folder, **kw), store=DirectoryStore(folder, fs=fs))
 
 
 def config(folder: Path, **kw: Any) -> EngineConfig:
@@ -136,9 +92,13 @@ WRITE_FAULTS = [
 
 @pytest.mark.parametrize(("func", "err"), WRITE_FAULTS)
 async def test_write_fault_keeps_serving_and_retries(
-    tmp_path: Path, faulty: FaultyOs, caplog: pytest.LogCaptureFixture, func: str, err: int
+    tmp_path: Path,
+    faulty: FaultyFileSystem,
+    caplog: pytest.LogCaptureFixture,
+    func: str,
+    err: int,
 ) -> None:
-    async with open_engine(config(tmp_path)) as e:
+    async with open_faulty(tmp_path, faulty) as e:
         await e.create("a", P1)
         before = (tmp_path / "a.session").read_bytes()
         faulty.fault = (func, err)
@@ -172,8 +132,10 @@ async def test_write_fault_keeps_serving_and_retries(
         assert await e.info("b") == b_info
 
 
-async def test_delete_fault_is_retried_and_never_undone(tmp_path: Path, faulty: FaultyOs) -> None:
-    async with open_engine(config(tmp_path)) as e:
+async def test_delete_fault_is_retried_and_never_undone(
+    tmp_path: Path, faulty: FaultyFileSystem
+) -> None:
+    async with open_faulty(tmp_path, faulty) as e:
         await e.create("a", P1)
         faulty.fault = ("unlink", errno.EIO)
         with pytest.raises(StorageError):
@@ -189,12 +151,12 @@ async def test_delete_fault_is_retried_and_never_undone(tmp_path: Path, faulty: 
 
 
 async def test_after_an_fsync_failure_the_record_is_written_anew(
-    tmp_path: Path, faulty: FaultyOs
+    tmp_path: Path, faulty: FaultyFileSystem
 ) -> None:
     """After a failed fsync the page cache may have dropped the dirty pages and cleared the
     error, so fsyncing the same file again proves nothing: the store drops that temp file and the
     retry writes the whole record to a new temp file, fsyncs it, then renames it."""
-    async with open_engine(config(tmp_path)) as e:
+    async with open_faulty(tmp_path, faulty) as e:
         faulty.fault = ("fsync-file", errno.EIO)
         with pytest.raises(StorageError):
             await e.create("a", P1)
@@ -210,9 +172,9 @@ async def test_after_an_fsync_failure_the_record_is_written_anew(
 
 
 async def test_fault_through_close_does_not_hang_or_lose_persisted_data(
-    tmp_path: Path, faulty: FaultyOs, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, faulty: FaultyFileSystem, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async with open_engine(config(tmp_path, persist_requests=100)) as e:
+    async with open_faulty(tmp_path, faulty, persist_requests=100) as e:
         await e.create("a", P1)
         info = await e.info("a")
         faulty.fault = ("write", errno.ENOSPC)
@@ -254,7 +216,7 @@ async def test_folder_replaced_under_a_running_engine(tmp_path: Path) -> None:
         await e.create("a", P1)
         await e.create("gone", P1)
         shutil.rmtree(folder)
-        folder.mkdir()  # replaced by an empty folder: no lock, no sessions
+        folder.mkdir(0o700)  # replaced by an empty folder: no lock, no sessions
         with pytest.raises(StorageError, match="removed or replaced"):
             await e.delete("gone")  # the first write after the swap notices it
         await flush_until_ok(e)

@@ -1,9 +1,9 @@
-"""A mixed workload against a real storage folder, run as a subprocess by tests/test_crash.py and
-killed there with SIGKILL at a random moment.
+"""A mixed workload against a real storage folder, run as a subprocess by
+tests/storage/test_crash.py and killed there with SIGKILL at a random moment.
 
-Usage: ``python tests/crash_worker.py FOLDER LOG SEED PREFIX``. It appends one JSON line to LOG
-before and after each acknowledged operation (unbuffered ``os.write``: a SIGKILL loses nothing
-already written), which :func:`check_recovered` then holds the reopened folder to.
+Usage: ``python tests/storage/crash_worker.py FOLDER LOG SEED PREFIX``. It appends one JSON line
+to LOG before and after each acknowledged operation (unbuffered ``os.write``: a SIGKILL loses
+nothing already written), which :func:`check_recovered` then holds the reopened folder to.
 
 Each client task owns its ids, so per id the operations are sequential and at most one is in
 flight when the process dies.

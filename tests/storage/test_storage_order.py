@@ -29,11 +29,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine import ConnectionConfig, DirectoryStore, EngineConfig, Put, WriteBatch, open_engine
-from engine._codec import Codec
-from engine.storage._directory import SUFFIX, file_name_for
+from engine.storage import FORMAT_VERSION, ScannedRecord, StoredSession, scan
 from engine.testing import record_times
 
-from .strategies import LONG, POOL, pool_ids, simple_payloads
+from ..strategies import LONG, POOL, pool_ids, simple_payloads
 
 
 class ReorderingStore:
@@ -105,24 +104,26 @@ def check_history(completed: list[tuple[str, Put | None]]) -> None:
 
 
 def test_check_history_catches_an_older_record() -> None:
-    codec = Codec(ConnectionConfig)
-    new = Put(codec.encode("a", ConnectionConfig(), 1.0, 5.0, 105.0), 105.0)
-    old = Put(codec.encode("a", ConnectionConfig(), 1.0, 3.0, 103.0), 103.0)
+    def put(last_accessed_at: float) -> Put:
+        expires = last_accessed_at + 100
+        record: StoredSession[object] = StoredSession(
+            FORMAT_VERSION, "a", 1.0, last_accessed_at, expires, {}
+        )
+        return Put(msgspec.json.encode(record), expires)
+
+    new, old = put(5.0), put(3.0)
     check_history([("a", old), ("a", None), ("a", new)])
     with pytest.raises(AssertionError, match="was written after"):
         check_history([("a", new), ("a", old)])
 
 
 def disk_state(folder: Path) -> dict[str, tuple[Any, float, float, float]]:
-    decoder = msgspec.json.Decoder()
+    """What the folder holds, read with the public scan (which checks names against ids)."""
     out = {}
-    for path in folder.iterdir():
-        if path.name.endswith(SUFFIX):
-            r = decoder.decode(path.read_bytes())
-            assert path.name == file_name_for(r["id"])
-            out[r["id"]] = (r["payload"], r["created_at"], r["last_accessed_at"], r["expires"])
-        else:
-            assert path.name == ".lock", f"left behind: {path.name}"
+    for item in scan(folder, now=0.0):
+        assert isinstance(item, ScannedRecord), f"left behind: {item}"
+        r = item.record
+        out[r.id] = (r.payload, r.created_at, r.last_accessed_at, r.expires)
     return out
 
 

@@ -31,10 +31,19 @@ _SERVING = re.compile(r"engine: serving on (http://\S+)/mcp")
 class ServerProcess:
     """One ``python -m engine serve`` process (restartable) over one storage folder."""
 
-    def __init__(self, storage_dir: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        storage_dir: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        """*storage_dir* is passed as ``--storage-dir``, unless *cwd* is given and it is
+        ``cwd / "sessions"``: then the server runs in *cwd* with its default folder."""
         self.storage_dir = storage_dir
         self.args = list(args)
         self.env = {**os.environ, **(env or {})}
+        self.cwd = cwd
         self.port = 0
         self.proc: subprocess.Popen[str] | None = None
         self.base = ""
@@ -45,6 +54,8 @@ class ServerProcess:
         return self.base + "/mcp"
 
     def command(self) -> list[str]:
+        default_storage = self.cwd is not None and self.storage_dir == self.cwd / "sessions"
+        storage = [] if default_storage else ["--storage-dir", str(self.storage_dir)]
         return [
             sys.executable,
             "-m",
@@ -54,8 +65,7 @@ class ServerProcess:
             "127.0.0.1",
             "--port",
             str(self.port),
-            "--storage-dir",
-            str(self.storage_dir),
+            *storage,
             "--log-level",
             "warning",
             *self.args,
@@ -70,6 +80,7 @@ class ServerProcess:
             stderr=subprocess.PIPE,
             text=True,
             env=self.env,
+            cwd=self.cwd,
         )
         self.proc = proc
         assert proc.stdout is not None

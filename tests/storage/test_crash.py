@@ -1,14 +1,13 @@
 """Crash recovery: real SIGKILLs of a worker process, and a simulated crash after every single
 filesystem operation of a workload.
 
-Both hold the reopened folder to :func:`tests.crash_worker.check_recovered`: every session whose
-create returned is there unless deleted or expired, no deleted session comes back, ``expires`` is
-no older than the last value known durable, and opening never fails nor quarantines anything (a
-crash must never leave a torn record).
+Both hold the reopened folder to :func:`tests.storage.crash_worker.check_recovered`: every
+session whose create returned is there unless deleted or expired, no deleted session comes back,
+``expires`` is no older than the last value known durable, and opening never fails nor
+quarantines anything (a crash must never leave a torn record).
 
 Sizes: ``CRASH_RUNS`` (default 6, 100 under the ``long`` Hypothesis profile) SIGKILL runs; seeds
-are printed (``pytest -s``) and ``CRASH_SEED`` replays one.
-"""
+are printed (``pytest -s``) and ``CRASH_SEED`` replays one."""
 
 from __future__ import annotations
 
@@ -24,12 +23,14 @@ from typing import Any
 import pytest
 import trio
 
-import engine.storage._directory
 from engine import ConnectionConfig, DirectoryStore, EngineConfig, open_engine
+from engine.storage import OS_FILE_SYSTEM, FileSystem
+from engine.testing import ForwardingFileSystem
 
+from ..strategies import LONG
 from .crash_worker import check_recovered
-from .strategies import LONG
 
+StrPath = str | os.PathLike[str]
 WORKER = Path(__file__).with_name("crash_worker.py")
 RUNS = int(os.environ.get("CRASH_RUNS", "100" if LONG else "6"))
 
@@ -105,18 +106,20 @@ def test_sigkill_at_random_moments(tmp_path: Path) -> None:
     print(f"{runs} SIGKILL runs")
 
 
-class SimOs:
-    """Stands in for ``os`` in ``engine.storage._directory``: performs every call for real (except
-    ``fsync``, which only updates the model), and models what would survive a power cut: a file's
-    content survives only as of its last ``fsync``, a name in the folder only as of the folder's
-    last ``fsync``. Just before filesystem operation number *crash_at* it snapshots that durable
-    state, the state the folder really has (what a process kill leaves), and how many log lines
-    the workload had written."""
+class SimFileSystem(ForwardingFileSystem):
+    """The directory store's filesystem (given through its ``fs`` seam): performs every call for
+    real (except ``fsync``, which only updates the model), and models what would survive a power
+    cut: a file's content survives only as of its last ``fsync``, a name in the folder only as of
+    the folder's last ``fsync``. Just before filesystem operation number *crash_at* it snapshots
+    that durable state, the state the folder really has (what a process kill leaves), and how
+    many log lines the workload had written."""
 
     TRACKED = ("open", "write", "fsync", "rename", "unlink", "close")
 
-    def __init__(self, real: Any, folder: Path, crash_at: int | None, log: list[str]) -> None:
-        self._os = real
+    def __init__(
+        self, real: FileSystem, folder: Path, crash_at: int | None, log: list[str]
+    ) -> None:
+        super().__init__(real)
         self.folder = folder
         self.crash_at = crash_at
         self.log = log
@@ -130,9 +133,6 @@ class SimOs:
         self.dir_fds: set[int] = set()
         self._next_inode = 0
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._os, name)
-
     def _tick(self) -> None:
         self.ops += 1
         if self.ops == self.crash_at:
@@ -140,13 +140,13 @@ class SimOs:
             volatile = {n: bytes(self.content[i]) for n, i in self.names.items()}
             self.snapshot = (durable, volatile, len(self.log))
 
-    def _name(self, path: Any) -> str | None:
-        p = Path(os.fsdecode(path))
+    def _name(self, path: StrPath) -> str | None:
+        p = Path(os.fspath(path))
         return p.name if p.parent == self.folder else None
 
-    def open(self, path: Any, flags: int, mode: int = 0o777) -> int:
+    def open(self, path: StrPath, flags: int, mode: int = 0o777, /) -> int:
         self._tick()
-        fd: int = self._os.open(path, flags, mode)
+        fd: int = self.inner.open(path, flags, mode)
         name = self._name(path)
         if flags & os.O_DIRECTORY:
             self.dir_fds.add(fd)
@@ -158,14 +158,14 @@ class SimOs:
             self.fd_inode[fd] = self.names[name]
         return fd
 
-    def write(self, fd: int, data: Any) -> int:
+    def write(self, fd: int, data: bytes | memoryview, /) -> int:
         self._tick()
-        n: int = self._os.write(fd, data)
+        n: int = self.inner.write(fd, data)
         if fd in self.fd_inode:
             self.content[self.fd_inode[fd]] += bytes(data[:n])
         return n
 
-    def fsync(self, fd: int) -> None:
+    def fsync(self, fd: int, /) -> None:
         self._tick()
         if fd in self.dir_fds:
             self.durable_names = dict(self.names)
@@ -173,38 +173,38 @@ class SimOs:
             inode = self.fd_inode[fd]
             self.durable_content[inode] = bytes(self.content[inode])
 
-    def rename(self, src: Any, dst: Any) -> None:
+    def rename(self, src: StrPath, dst: StrPath, /) -> None:
         self._tick()
-        self._os.rename(src, dst)
+        self.inner.rename(src, dst)
         a, b = self._name(src), self._name(dst)
         if a is not None and b is not None and a in self.names:
             self.names[b] = self.names.pop(a)
 
-    def unlink(self, path: Any) -> None:
+    def unlink(self, path: StrPath, /) -> None:
         self._tick()
-        self._os.unlink(path)
+        self.inner.unlink(path)
         name = self._name(path)
         if name is not None:
             self.names.pop(name, None)
 
-    def close(self, fd: int) -> None:
+    def close(self, fd: int, /) -> None:
         self._tick()
-        self._os.close(fd)
+        self.inner.close(fd)
         self.fd_inode.pop(fd, None)
         self.dir_fds.discard(fd)
 
 
-async def scripted_workload(folder: Path, log: list[str], persist_requests: int) -> None:
-    """A fixed, sequential workload logging like tests/crash_worker.py."""
+async def scripted_workload(
+    folder: Path, fs: FileSystem, log: list[str], persist_requests: int
+) -> None:
+    """A fixed, sequential workload logging like tests/storage/crash_worker.py."""
     import json
 
     def note(*parts: Any) -> None:
         log.append(json.dumps(parts))
 
-    config = EngineConfig(
-        storage_dir=folder, ttl=3600, persist_requests=persist_requests, flush_interval=3600
-    )
-    async with open_engine(config) as e:
+    config = EngineConfig(ttl=3600, persist_requests=persist_requests, flush_interval=3600)
+    async with open_engine(config, store=DirectoryStore(folder, fs=fs)) as e:
 
         async def create(sid: str, tag: str) -> None:
             note("create", sid, tag)
@@ -247,17 +247,12 @@ async def scripted_workload(folder: Path, log: list[str], persist_requests: int)
         await e.touch("d")
 
 
-def run_simulated(tmp: Path, crash_at: int | None, persist_requests: int) -> SimOs:
+def run_simulated(tmp: Path, crash_at: int | None, persist_requests: int) -> SimFileSystem:
     folder = tmp / "live"
-    folder.mkdir(parents=True)
+    folder.mkdir(0o700, parents=True)
     log: list[str] = []
-    sim = SimOs(os, folder, crash_at, log)
-    saved = engine.storage._directory.__dict__["os"]
-    setattr(engine.storage._directory, "os", sim)  # noqa: B010
-    try:
-        trio.run(scripted_workload, folder, log, persist_requests)
-    finally:
-        setattr(engine.storage._directory, "os", saved)  # noqa: B010
+    sim = SimFileSystem(OS_FILE_SYSTEM, folder, crash_at, log)
+    trio.run(scripted_workload, folder, sim, log, persist_requests)
     return sim
 
 
@@ -278,7 +273,7 @@ def test_crash_after_every_filesystem_operation(tmp_path: Path, persist_requests
         lines = sim.log[:n_lines]
         for kind, files in (("power-cut", durable), ("kill", volatile)):
             rebuilt = tmp_path / f"k{k}-{kind}"
-            rebuilt.mkdir()
+            rebuilt.mkdir(0o700)
             for name, data in files.items():
                 (rebuilt / name).write_bytes(data)
             recovered = reopen_quietly(rebuilt)

@@ -1,0 +1,472 @@
+"""The actor: the one task that owns the session table, and the tasks that serve it (the flush
+ticker, the sweeper, lazy loads; the writer is in ``_writer.py``).
+
+Callers send calls over a bounded memory channel (the protocol is in ``_calls.py``); the actor
+drains everything queued per wake-up, applies each call to the synchronous core with one ``now``
+and answers it. Storage operations go from the core's outbox to the writer after each wake-up.
+Background work (a flush tick, a sweep) runs in chunks of :data:`CHUNK` between which requests
+are served.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from typing import Any, Final, Generic, TypeVar, cast, final
+
+import trio
+
+from ._calls import (
+    ABANDONED,
+    CREATE,
+    DELETE,
+    FLUSH,
+    GET,
+    GET_AND_TOUCH,
+    INFO,
+    INVALIDATE,
+    SWEEP,
+    TICK,
+    TOUCH,
+    Call,
+    request,
+)
+from ._codec import Codec
+from ._config import EngineConfig
+from ._core import Cause, SessionTable
+from ._engine import SessionInfo, Statistics
+from ._errors import EngineClosedError, StorageError
+from ._writer import Notify, Waiter, Writer
+from .storage import Invalidation, PutKind, SharedStore, Store, StoredSession
+
+__all__ = ["CHUNK", "CLOSE_ATTEMPTS", "LOST_IDS_LOGGED", "Actor"]
+
+log = logging.getLogger("engine")
+
+P = TypeVar("P")
+
+CHUNK: Final = 128
+"""Sessions encoded or expired per background step, between which callers are served."""
+
+CLOSE_ATTEMPTS: Final = 3
+"""Final-flush rounds at close before giving up on failed writes (the writer waits
+``retry_interval`` after each failed batch); ``close_timeout`` bounds them all."""
+
+LOST_IDS_LOGGED: Final = 20
+"""Ids named in the error logged when a close leaves sessions not durable (then "...")."""
+
+
+@final
+class Actor(Generic[P]):
+    """The task that owns the session table, and the tasks that serve it: the flush ticker, the
+    sweeper, lazy loads and the writer.
+
+    Its lifecycle, driven by ``_lifecycle.run_engine`` in this order: :meth:`load` what storage
+    holds; :meth:`start` the tasks; requests flow through :attr:`send` (the :class:`Engine`
+    handle's channel); :meth:`close` stops taking requests and flushes; :meth:`abandon` fails
+    whatever a close that gave up left waiting.
+    """
+
+    def __init__(
+        self, config: EngineConfig, codec: Codec[P], store: Store | None, clock: Callable[[], float]
+    ) -> None:
+        self.config = config
+        self.codec = codec
+        self._store = store
+        self._now = clock
+        self.core: SessionTable[P] = SessionTable(
+            ttl=config.ttl,
+            persist_requests=config.persist_requests,
+            persist_interval=config.persist_interval,
+            max_sessions=config.max_sessions,
+            encode=codec.encode_session if store is not None else None,
+            delete_expired=store is None or not store.expires_keys,
+            evict_to_storage=store is not None and not store.preloads,
+        )
+        self.send, self._receive = trio.open_memory_channel[Call](config.queue_size)
+        """The request channel: callers send on it (:func:`~engine._calls.request`)."""
+        self.writer = (
+            Writer(store, config.retry_interval, self.core.mark_all_dirty, self.core.forget)
+            if store
+            else None
+        )
+        self._flush_budget = 0
+        self._flush_cause = Cause.TICK
+        self._flush_waiters: list[Call] = []
+        self._sweep_due = False
+        self._sweeper: Call | None = None
+        self._high_water = 0
+        # Lazy stores (not preloading): calls on an id being loaded, in arrival order.
+        self._lazy = store is not None and not store.preloads
+        self._loading: dict[str, list[Call]] = {}
+        # Shared stores (several engines): memory is a cache that other engines' changes void.
+        self._shared = store if isinstance(store, SharedStore) and self._lazy else None
+        self._stale_loads: set[str] = set()
+        """Ids whose load in flight may have read what another engine changed since."""
+        self._absent_hits = 0
+        self._load_lot = trio.lowlevel.ParkingLot()
+        self._nursery: trio.Nursery | None = None
+        self._actor_done = trio.Event()
+        self._writer_done = trio.Event()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Load every session storage holds (stores that preload; a no-op otherwise)."""
+        if self._store is None or self._lazy:
+            return
+        records: list[StoredSession[P]] = await self._store.load_all(self.codec.decode, self._now())
+        now = self._now()
+        for record in sorted(records, key=lambda r: r.last_accessed_at):
+            self.core.load(record, now)
+        self._submit()  # evictions, if storage held more than max_sessions
+
+    def start(self, nursery: trio.Nursery) -> None:
+        """Start the actor, the writer and the tickers in *nursery*; lazy loads run there too.
+        The nursery must outlive :meth:`close`."""
+        self._nursery = nursery
+        nursery.start_soon(self._run_flush_ticker)
+        nursery.start_soon(self._run_sweeper)
+        if self._shared is not None:
+            nursery.start_soon(self._run_invalidations, self._shared)
+        nursery.start_soon(_run_then_set, self._run, self._actor_done)
+        if self.writer is not None:
+            nursery.start_soon(_run_then_set, self.writer.run, self._writer_done)
+        else:
+            self._writer_done.set()
+
+    async def close(self) -> None:
+        """Stop taking requests (callers get :class:`~engine.EngineClosedError`), let the actor
+        apply every request already queued, persist everything dirty and wait for the writes
+        (:data:`CLOSE_ATTEMPTS` rounds), then stop the writer. Not shielded: the caller bounds
+        it with ``close_timeout``."""
+        self.send.close()
+        await self._actor_done.wait()
+        while self._loading:  # calls parked on a lazy load are applied before the final flush
+            await self._load_lot.park()
+        writer = self.writer
+        if writer is None:
+            self._finish_flush()
+            return
+        core = self.core
+        for _ in range(CLOSE_ATTEMPTS):
+            budget = len(core.dirty)
+            while budget > 0:
+                budget -= core.persist_dirty(min(CHUNK, budget), Cause.FLUSH, self._now())
+                self._submit()
+                await trio.lowlevel.checkpoint()
+            self._finish_flush()
+            notify = Notify()
+            writer.wait(None, notify, probe=True)  # probe: a removed folder is noticed here too
+            await notify.event.wait()
+            if notify.error is None and not core.dirty:
+                break
+            log.warning("final flush: writes failed (%s), retrying", notify.error)
+        writer.close()
+        await self._writer_done.wait()
+
+    def abandon(self) -> None:
+        """After close: fail every call still waiting (a close that gave up at
+        ``close_timeout`` leaves some) and log what is not durable."""
+        error = EngineClosedError("the engine closed before this request completed")
+        waiters: list[Waiter] = [*self._flush_waiters]
+        self._flush_waiters.clear()
+        for calls in self._loading.values():
+            waiters.extend(calls)
+        self._loading.clear()
+        while True:
+            try:
+                waiters.append(self._receive.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+        writer = self.writer
+        if writer is not None:
+            waiters.extend(writer.outstanding())
+            lost = sorted({*writer.pending, *writer.in_flight, *self.core.dirty})
+            if lost:
+                more = ", ..." if len(lost) > LOST_IDS_LOGGED else ""
+                log.error(
+                    "engine closed with %d sessions not durable: %s",
+                    len(lost),
+                    ", ".join(lost[:LOST_IDS_LOGGED]) + more,
+                )
+        for waiter in waiters:
+            if isinstance(waiter, Call):
+                waiter.fail(error)
+            else:
+                waiter.settle(error)
+
+    def statistics(self) -> Statistics:
+        """A snapshot of the counters (see :meth:`Engine.statistics`)."""
+        core, writer = self.core, self.writer
+        return Statistics(
+            live_sessions=len(core.sessions),
+            dirty_sessions=len(core.dirty),
+            persists={cause.value: n for cause, n in core.persists.items()},
+            expired=core.expired,
+            evicted=core.evicted,
+            storage_writes=writer.writes if writer else 0,
+            storage_errors=core.encode_errors + (writer.errors if writer else 0),
+            pending_writes=(len(writer.pending) + len(writer.in_flight)) if writer else 0,
+            queue_high_water=self._high_water,
+            requests=core.applied,
+            dropped=core.dropped,
+            absent_hits=self._absent_hits,
+            store_state=self._shared.state if self._shared is not None else "",
+        )
+
+    # -- the actor task -----------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        receive = self._receive
+        while True:
+            if self._flush_budget or self._sweep_due:
+                # One chunk of background work per wake-up, so requests are served in between
+                # and background work progresses even when requests never stop.
+                self._background_step()
+                await trio.lowlevel.checkpoint()
+                try:
+                    call = receive.receive_nowait()
+                except trio.WouldBlock:
+                    continue
+                except trio.EndOfChannel:
+                    return
+            else:
+                try:
+                    call = await receive.receive()
+                except trio.EndOfChannel:
+                    return
+            now = self._now()
+            applied = 1
+            self._apply(call, now)
+            while True:
+                try:
+                    call = receive.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+                self._apply(call, now)
+                applied += 1
+            if applied > self._high_water:
+                self._high_water = applied
+            self._submit()
+
+    def _apply(self, call: Call, now: float, resident: bool = False) -> None:
+        if call.state is ABANDONED:
+            return
+        kind = call.kind
+        if self._lazy and not resident and kind.names_session and self._miss(call, now):
+            return
+        core = self.core
+        if kind is GET_AND_TOUCH:
+            call.reply(core.get_and_touch(call.session_id, now))
+        elif kind is GET:
+            call.reply(core.get(call.session_id, now))
+        elif kind is TOUCH:
+            call.reply(core.touch(call.session_id, now))
+        elif kind is CREATE:
+            core.create(call.session_id, cast(P, call.arg), now)
+            self._reply_when_durable(call)
+        elif kind is DELETE:
+            call.result = core.delete(call.session_id, now)
+            self._reply_when_durable(call)
+        elif kind is INFO:
+            e = core.entry(call.session_id, now)
+            call.reply(
+                None
+                if e is None
+                else SessionInfo(
+                    call.session_id, e.payload, e.created_at, e.last_accessed_at, e.expires
+                )
+            )
+        elif kind is FLUSH:
+            self._start_flush(Cause.FLUSH)
+            self._flush_waiters.append(call)
+            if not self._flush_budget:
+                self._finish_flush()
+        elif kind is TICK:
+            self._start_flush(Cause.TICK)
+            call.reply(None)
+        elif kind is SWEEP:
+            self._sweep_due = True
+            self._sweeper = call  # answered when the sweep is done
+        elif kind is INVALIDATE:
+            self._invalidate(cast(Invalidation, call.arg), now)
+            call.reply(None)
+
+    def _reply_when_durable(self, call: Call) -> None:
+        """Reply ``call.result`` once the call's storage operation is durable (at once if it
+        made none)."""
+        if self.writer is None or call.session_id not in self.core.outbox:
+            call.reply(call.result)
+            return
+        self._submit()
+        self.writer.wait(call.session_id, call)
+
+    def _submit(self) -> None:
+        if self.core.outbox and self.writer is not None:
+            self.writer.submit(self.core.take_outbox())
+
+    def _start_flush(self, cause: Cause) -> None:
+        # Ids dirty now are the first len(dirty) of the ordered set; persisting that many from
+        # the front covers each of them (or a later write of it).
+        if self._flush_budget == 0 or cause is Cause.FLUSH:
+            self._flush_cause = cause
+        self._flush_budget = max(self._flush_budget, len(self.core.dirty))
+
+    def _finish_flush(self) -> None:
+        waiters, self._flush_waiters = self._flush_waiters, []
+        if self.writer is None:
+            for call in waiters:
+                call.reply(None)
+            return
+        self._submit()
+        for call in waiters:
+            self.writer.wait(None, call)
+
+    def _background_step(self) -> None:
+        now = self._now()
+        core = self.core
+        if self._flush_budget:
+            done = core.persist_dirty(min(CHUNK, self._flush_budget), self._flush_cause, now)
+            self._flush_budget = 0 if done == 0 else self._flush_budget - done
+            if not self._flush_budget and self._flush_waiters:
+                self._finish_flush()
+        elif self._sweep_due:
+            core.expire(now, CHUNK)
+            if not core.expiry_due(now):
+                self._sweep_due = False
+                if self._sweeper is not None:
+                    self._sweeper.reply(None)
+        self._submit()
+
+    # -- tickers ------------------------------------------------------------------------------
+
+    async def _run_flush_ticker(self) -> None:
+        if self.writer is None:
+            return
+        while True:
+            await trio.sleep(self.config.flush_interval)
+            try:
+                await request(self.send, TICK, "")
+            except EngineClosedError:
+                return
+
+    async def _run_sweeper(self) -> None:
+        # Creates always expire after every live session, so the earliest expiry only moves
+        # earlier through a lazy load: then the sweeper also wakes every flush_interval.
+        longest = self.config.flush_interval if self._lazy else math.inf
+        while True:
+            deadline = self.core.next_expiry()
+            delay = self.config.ttl if deadline is None else deadline - self._now()
+            await trio.sleep(min(max(delay, 0.0), longest))
+            try:
+                await request(self.send, SWEEP, "")  # returns when the sweep is done
+            except EngineClosedError:
+                return
+
+    # -- lazy loading (stores that do not preload, such as a shared Redis) ---------------------
+
+    def _miss(self, call: Call, now: float) -> bool:
+        """Park *call* if its id must first be loaded from storage; True if parked. Later calls
+        on that id queue behind it, so per-id order is kept; other ids are not held up."""
+        session_id = call.session_id
+        queued = self._loading.get(session_id)
+        if queued is not None:
+            queued.append(call)
+            return True
+        core = self.core
+        # A session past its expiry in memory may have been extended by another engine: the
+        # core drops it (as expired) and storage is asked again.
+        if not call.kind.reads_session or core.resident(session_id, now):
+            return False
+        assert self.writer is not None
+        found, op = self.writer.latest(session_id)
+        if found and (op is None or op.kind is not PutKind.UPDATE):
+            # Storage is behind the writer for this id (a create or delete not written yet):
+            # the writer's newest operation is the truth. (Not for an update: storage holds
+            # the session unless another engine deleted it, and only storage knows which; the
+            # load then takes the update's newer record.)
+            if op is not None:
+                core.load(self.codec.decode(op.data), now)
+            return False
+        if core.absent and core.known_absent(session_id, now):
+            self._absent_hits += 1
+            return False
+        self._loading[session_id] = [call]
+        assert self._nursery is not None
+        self._nursery.start_soon(self._load_one, session_id)
+        return True
+
+    async def _load_one(self, session_id: str) -> None:
+        assert self._store is not None
+        stale = self._stale_loads
+        while True:
+            stale.discard(session_id)
+            error: Exception | None = None
+            loaded: tuple[StoredSession[P], float] | None = None
+            try:
+                loaded = await self._store.load_one(session_id, self.codec.decode)
+            except Exception as exc:
+                log.error("loading session %s failed: %s", session_id, exc)
+                error = exc
+            if session_id not in stale:
+                break  # else another engine changed it while this read ran: read again
+        # Synchronous from here: this is a state change like any other the actor makes.
+        calls = self._loading.pop(session_id)
+        now = self._now()
+        if loaded is not None and loaded[0].id == session_id:
+            record, expires = loaded
+            assert self.writer is not None
+            found, op = self.writer.latest(session_id)
+            if found and op is not None:  # storage holds it; our newer touches are not written
+                record = self.codec.decode(op.data)
+            self.core.load(record, now, expires)
+        elif error is None and self._shared is not None:  # it tells of creates elsewhere
+            self.core.note_absent(session_id, now + self.config.absent_ttl)
+        resident = error is None
+        for call in calls:
+            resident = resident or not call.kind.reads_session  # a create needs no load
+            if resident:
+                self._apply(call, now, resident=True)
+            else:
+                call.fail(StorageError(f"cannot load session {session_id}: {error}"))
+        self._submit()
+        self._load_lot.unpark_all()
+
+    # -- shared stores: other engines' changes ---------------------------------------------------
+
+    def _invalidate(self, event: Invalidation, now: float) -> None:
+        """Other engines changed these ids (``None``: maybe any id, the store may have missed
+        messages): drop what memory holds of them; loads in flight read again."""
+        core, loading, stale = self.core, self._loading, self._stale_loads
+        if event is None:
+            dropped = core.clear_cache(now)
+            stale.update(loading)
+            log.warning("shared store may have missed changes: dropped %d cached sessions", dropped)
+            return
+        for session_id in event.removed:
+            core.forget(session_id)
+            if session_id in loading:
+                stale.add(session_id)
+        for session_id in event.created:
+            core.forget_absent(session_id)
+            if session_id in loading:
+                stale.add(session_id)
+
+    async def _run_invalidations(self, store: SharedStore) -> None:
+        """Feed a shared store's invalidations to the actor, in the order the store learnt
+        them; ends when the store closes its channel or the engine closes."""
+        async with store.invalidations() as changes:
+            async for event in changes:
+                try:
+                    await request(self.send, INVALIDATE, "", event)
+                except EngineClosedError:
+                    return
+
+
+async def _run_then_set(fn: Callable[[], Any], done: trio.Event) -> None:
+    try:
+        await fn()
+    finally:
+        done.set()
