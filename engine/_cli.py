@@ -24,9 +24,7 @@ import trio
 
 from ._demo import DEFAULT_DEMO_DIR, run_demo
 from ._errors import ConfigError, StorageError, StorageLockedError
-from .mcp._config import ServerConfig, load_server_config, settings
-from .mcp._payload import ConnectionConfig
-from .mcp._session import summarize
+from .mcp import ConnectionConfig, ServerConfig, load_server_config, settings, summarize
 from .storage import (
     DirectoryStore,
     ForeignEntry,
@@ -67,7 +65,7 @@ class _CliError(Exception):
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .mcp._server import serve
+    from .mcp import serve
 
     flags = {
         setting.name: getattr(args, setting.name)

@@ -16,7 +16,7 @@ from ._lifecycle import run_engine
 from .storage import DirectoryStore, RedisStore, Store
 
 if TYPE_CHECKING:
-    from .mcp._payload import ConnectionConfig
+    from .mcp import ConnectionConfig
 
 __all__ = ["REDIS_PASSWORD_VARIABLE", "open_engine", "store_for"]
 
@@ -68,7 +68,7 @@ def open_engine(
     most ``config.close_timeout`` seconds), then releases storage.
     """
     if payload_type is None:  # the MCP payload, imported here: mcp is built on this module
-        from .mcp._payload import ConnectionConfig
+        from .mcp import ConnectionConfig
 
         payload_type = ConnectionConfig
     if store is None:

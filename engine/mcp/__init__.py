@@ -6,7 +6,9 @@ Built on the public API of :mod:`engine`; nothing below it imports this package.
 """
 
 from ._config import ServerConfig as ServerConfig
+from ._config import Setting as Setting
 from ._config import load_server_config as load_server_config
+from ._config import settings as settings
 from ._http import serve_app as serve_app
 from ._payload import ConnectionConfig as ConnectionConfig
 from ._payload import TagExpression as TagExpression
@@ -15,16 +17,20 @@ from ._payload import TagQuery as TagQuery
 from ._server import McpApp as McpApp
 from ._server import serve as serve
 from ._session import McpSession as McpSession
+from ._session import summarize as summarize
 
 __all__ = [
     "ConnectionConfig",
     "McpApp",
     "McpSession",
     "ServerConfig",
+    "Setting",
     "TagExpression",
     "TagFilterMode",
     "TagQuery",
     "load_server_config",
     "serve",
     "serve_app",
+    "settings",
+    "summarize",
 ]
