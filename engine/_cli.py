@@ -107,6 +107,61 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
+def _sdk_example(args: argparse.Namespace) -> int:
+    try:
+        from .mcp.sdk import SdkVersionError
+        from .mcp.sdk.example import serve_example
+    except ImportError as exc:  # the SDK is an extra: pip install 'engine[sdk]'
+        print(f"engine sdk-example: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    flags = {
+        setting.name: getattr(args, setting.name)
+        for setting in settings()
+        if getattr(args, setting.name) is not None
+    }
+    try:
+        config = load_server_config(config_file=args.config, flags=flags)
+        tokens = dict(_token(text) for text in args.token)
+    except (ConfigError, SdkVersionError) as exc:
+        print(f"engine sdk-example: invalid configuration: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        trio.run(
+            partial(
+                serve_example,
+                config,
+                hibernate_after=args.hibernate_after,
+                tokens=tokens,
+                announce=sys.stdout,
+            )
+        )
+    except Exception as exc:  # nurseries wrap errors in groups: look at the one inside
+        error = _single(exc)
+        if isinstance(error, StorageLockedError):
+            print(f"engine sdk-example: {error}; stop it first", file=sys.stderr)
+            return EXIT_LOCKED
+        if isinstance(error, OSError):  # the port is taken, or the address is not ours
+            print(
+                f"engine sdk-example: cannot listen on {_address(config)}: {error}",
+                file=sys.stderr,
+            )
+            return EXIT_ERROR
+        raise
+    return EXIT_OK
+
+
+def _token(text: str) -> tuple[str, str]:
+    name, sep, token = text.partition("=")
+    if not sep or not name or not token:
+        raise ConfigError("token", f"expected NAME=TOKEN, got {text!r}")
+    return token, name
+
+
 def _single(exc: BaseException) -> BaseException:
     """The one exception inside nested single-member exception groups, else *exc*."""
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
@@ -465,6 +520,43 @@ def _parser() -> argparse.ArgumentParser:
         help="log level on stderr (default: info)",
     )
 
+    example = commands.add_parser(
+        "sdk-example",
+        help="run an official-SDK MCP server whose sessions survive restarts (needs engine[sdk])",
+        description="Serve an MCPServer (official MCP SDK) with three tools, its sessions kept "
+        "by engine.mcp.sdk.SdkSessions, on hypercorn's trio worker in one process. Settings as "
+        "for serve; GET /healthz shows the adapter's counters. See docs/sdk.md.",
+    )
+    example.add_argument("--config", type=Path, default=None, help="TOML file (default: none)")
+    for setting in settings():
+        example.add_argument(
+            setting.flag,
+            dest=setting.name,
+            default=None,
+            metavar="VALUE",
+            help=f"{setting.help} (default: {setting.default_text})",
+        )
+    example.add_argument(
+        "--hibernate-after",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="close SDK sessions idle this long; they stay stored and come back (default: 60)",
+    )
+    example.add_argument(
+        "--token",
+        action="append",
+        default=[],
+        metavar="NAME=TOKEN",
+        help="require bearer tokens: accept TOKEN as principal NAME (repeatable)",
+    )
+    example.add_argument(
+        "--log-level",
+        default="warning",
+        choices=["debug", "info", "warning", "error"],
+        help="log level on stderr (default: warning)",
+    )
+
     for name, help_text in (
         ("inspect", "list the sessions in a storage folder"),
         ("stats", "print counts for a storage folder"),
@@ -504,6 +596,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "sdk-example":
+        return _sdk_example(args)
     try:
         # inspect, stats and purge print what they find; the store's warnings would repeat it
         with _safe_logging(logging.WARNING if args.command == "demo" else logging.ERROR):

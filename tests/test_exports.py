@@ -106,6 +106,17 @@ PUBLIC: dict[str, set[str]] = {
         "record_times",
         "redis_server_binary",
     },
+    "engine.mcp.sdk": {
+        "DEFAULT_HIBERNATE_AFTER",
+        "SDK_VERSION",
+        "SUPPORTED_SDK_VERSIONS",
+        "SdkSession",
+        "SdkSessions",
+        "SdkStatistics",
+        "SdkVersionError",
+        "SessionOwner",
+    },
+    "engine.mcp.sdk.example": {"StaticTokens", "build_app", "build_server", "serve_example"},
 }
 
 # Names that code embedding the engine relied on before the packages existed: they must stay

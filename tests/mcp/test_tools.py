@@ -7,7 +7,6 @@ from __future__ import annotations
 import errno
 import signal
 from collections.abc import Iterator
-from importlib.metadata import version as distribution_version
 from pathlib import Path
 from typing import Any, cast
 
@@ -43,7 +42,6 @@ from .support import (
 )
 
 TOOL_NAMES = {"count", "remember", "recall", "session_info"}
-MCP_MAJOR = int(distribution_version("mcp").split(".")[0])
 
 
 @pytest.fixture
@@ -194,46 +192,43 @@ async def test_concurrent_calls_on_one_session_lose_no_update(server: ServerProc
     assert not session_file(server.storage_dir, sid).exists()
 
 
-@pytest.mark.skipif(MCP_MAJOR >= 2, reason="1.x client API (2.x: test_protocol.py)")
 @pytest.mark.parametrize("version", ["2025-06-18", "2025-11-25"])
 async def test_mcp_client_calls_the_tools_across_a_restart(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version: str
 ) -> None:
-    """The official ``mcp`` 1.x client, pinned to each handshake version."""
-    import mcp.types
-    from mcp import ClientSession
-    from mcp.client.streamable_http import streamable_http_client
-    from mcp.shared.exceptions import McpError
+    """The official ``mcp`` client (2.x, ``legacy`` mode: the handshake), pinned to each
+    handshake version."""
+    import mcp.client.session
+    from mcp import Client, MCPError
 
-    monkeypatch.setattr(mcp.types, "LATEST_PROTOCOL_VERSION", version)
+    # The 2.x client offers its newest handshake version; pin the offer.
+    monkeypatch.setattr(mcp.client.session, "LATEST_HANDSHAKE_VERSION", version)
     server = ServerProcess(tmp_path / "sessions")
     await trio.to_thread.run_sync(server.start)
     try:
-        async with (
-            streamable_http_client(server.url + "?preset=dev") as (read, write, _),
-            ClientSession(read, write) as client,
-        ):
-            result = await client.initialize()
-            assert result.capabilities.tools is not None
-            assert result.capabilities.prompts is None and result.capabilities.resources is None
+        async with Client(server.url + "?preset=dev", mode="legacy") as client:
+            assert client.protocol_version == version
+            capabilities = client.server_capabilities
+            assert capabilities.tools is not None
+            assert capabilities.prompts is None and capabilities.resources is None
             tools = (await client.list_tools()).tools
             assert {tool.name for tool in tools} == TOOL_NAMES
             counted = await client.call_tool("count", {"by": 2})
-            assert counted.structuredContent == {"count": 2}  # checked against outputSchema
+            assert counted.structured_content == {"count": 2}  # checked against outputSchema
             await client.call_tool("remember", {"note": "kept"})
             await trio.to_thread.run_sync(server.restart, signal.SIGTERM)
             counted = await client.call_tool("count")
-            assert counted.structuredContent == {"count": 3}
+            assert counted.structured_content == {"count": 3}
             recalled = await client.call_tool("recall")
             assert recalled.content[0].type == "text" and recalled.content[0].text == "kept"
             info = await client.call_tool("session_info")
-            assert info.structuredContent is not None
-            assert info.structuredContent["tagFilter"] == "preset=dev"
+            assert info.structured_content is not None
+            assert info.structured_content["tagFilter"] == "preset=dev"
             if version == "2025-11-25":  # invalid arguments: a result the model can read
                 bad = await client.call_tool("remember", {"note": 5})
-                assert bad.isError
+                assert bad.is_error
             else:  # before 2025-11-25: a JSON-RPC error
-                with pytest.raises(McpError):
+                with pytest.raises(MCPError):
                     await client.call_tool("remember", {"note": 5})
     finally:
         code, _, err = await trio.to_thread.run_sync(server.stop)
