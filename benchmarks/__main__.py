@@ -23,6 +23,7 @@ WORKLOADS = (
     "recovery_memory",
     "scale",
     "durable_creates",
+    "redis_store",
 )
 
 

@@ -102,8 +102,10 @@ class Actor(Generic[P]):
         self._loading: dict[str, list[Call]] = {}
         # Shared stores (several engines): memory is a cache that other engines' changes void.
         self._shared = store if isinstance(store, SharedStore) and self._lazy else None
-        self._stale_loads: set[str] = set()
-        """Ids whose load in flight may have read what another engine changed since."""
+        self._stale_loads: dict[str, bool] = {}
+        """Ids whose load in flight may have read what another engine changed since: True if
+        it removed (or replaced) the session, False if it only created it (a read that found
+        the session is then current)."""
         self._absent_hits = 0
         self._load_lot = trio.lowlevel.ParkingLot()
         self._nursery: trio.Nursery | None = None
@@ -265,9 +267,15 @@ class Actor(Generic[P]):
         elif kind is TOUCH:
             call.reply(core.touch(call.session_id, now))
         elif kind is CREATE:
+            if self._shared is not None and self._unwritten_create(call.session_id, True):
+                self._after_write(call)  # coalesced, one SET would answer for both creates
+                return
             core.create(call.session_id, cast(P, call.arg), now)
             self._reply_when_durable(call)
         elif kind is DELETE:
+            if self._shared is not None and self._unwritten_create(call.session_id, False):
+                self._after_write(call)  # coalesced, the pair would skip the create's SET NX
+                return
             call.result = core.delete(call.session_id, now)
             self._reply_when_durable(call)
         elif kind is INFO:
@@ -390,7 +398,9 @@ class Actor(Generic[P]):
             if op is not None:
                 core.load(self.codec.decode(op.data), now)
             return False
-        if core.absent and core.known_absent(session_id, now):
+        if core.absent and call.kind is not DELETE and core.known_absent(session_id, now):
+            # (A delete always asks: another engine may have created the id since, and a
+            # delete that skipped its DEL would leave that session in the store.)
             self._absent_hits += 1
             return False
         self._loading[session_id] = [call]
@@ -402,7 +412,7 @@ class Actor(Generic[P]):
         assert self._store is not None
         stale = self._stale_loads
         while True:
-            stale.discard(session_id)
+            stale.pop(session_id, None)
             error: Exception | None = None
             loaded: tuple[StoredSession[P], float] | None = None
             try:
@@ -410,7 +420,8 @@ class Actor(Generic[P]):
             except Exception as exc:
                 log.error("loading session %s failed: %s", session_id, exc)
                 error = exc
-            if session_id not in stale:
+            removed = stale.get(session_id)
+            if removed is None or (not removed and loaded is not None):
                 break  # else another engine changed it while this read ran: read again
         # Synchronous from here: this is a state change like any other the actor makes.
         calls = self._loading.pop(session_id)
@@ -425,9 +436,12 @@ class Actor(Generic[P]):
         elif error is None and self._shared is not None:  # it tells of creates elsewhere
             self.core.note_absent(session_id, now + self.config.absent_ttl)
         resident = error is None
+        loading = self._loading
         for call in calls:
             resident = resident or not call.kind.reads_session  # a create needs no load
-            if resident:
+            if session_id in loading:  # an earlier call parked again (_after_write)
+                loading[session_id].append(call)
+            elif resident:
                 self._apply(call, now, resident=True)
             else:
                 call.fail(StorageError(f"cannot load session {session_id}: {error}"))
@@ -436,23 +450,62 @@ class Actor(Generic[P]):
 
     # -- shared stores: other engines' changes ---------------------------------------------------
 
+    def _unwritten_create(self, session_id: str, replace_too: bool) -> bool:
+        """Whether a create of *session_id* (a ``CREATE``; with *replace_too* also a
+        ``REPLACE``) is waiting to be handed to the store: a later operation on the id would
+        coalesce with it. (One in flight does not coalesce: a later one is written after it.)"""
+        outbox, writer = self.core.outbox, self.writer
+        assert writer is not None
+        if session_id in outbox:
+            op = outbox[session_id]
+        elif session_id in writer.pending:
+            op = writer.pending[session_id]
+        else:
+            return False
+        if op is None:
+            return False
+        return op.kind is PutKind.CREATE or (replace_too and op.kind is PutKind.REPLACE)
+
+    def _after_write(self, call: Call) -> None:
+        """Park *call* (and, behind it, later calls on its id) until the write of its id now
+        waiting is done, then apply them as new. On a shared store a create or delete must not
+        coalesce with an unwritten create: that create's ``SET NX`` decides whether it
+        succeeded, and only then is the outcome of the next one known (a second create of the
+        id goes to the store as its own ``SET NX``)."""
+        session_id = call.session_id
+        self._loading[session_id] = [call]
+        self._submit()
+        notify = Notify()
+        assert self.writer is not None and self._nursery is not None
+        self.writer.wait(session_id, notify)
+        self._nursery.start_soon(self._reapply_after, session_id, notify)
+
+    async def _reapply_after(self, session_id: str, notify: Notify) -> None:
+        await notify.event.wait()
+        calls = self._loading.pop(session_id)
+        now = self._now()
+        for call in calls:  # through the miss path: the id may need a load now
+            self._apply(call, now)
+        self._submit()
+        self._load_lot.unpark_all()
+
     def _invalidate(self, event: Invalidation, now: float) -> None:
         """Other engines changed these ids (``None``: maybe any id, the store may have missed
         messages): drop what memory holds of them; loads in flight read again."""
         core, loading, stale = self.core, self._loading, self._stale_loads
         if event is None:
             dropped = core.clear_cache(now)
-            stale.update(loading)
+            stale.update(dict.fromkeys(loading, True))
             log.warning("shared store may have missed changes: dropped %d cached sessions", dropped)
             return
         for session_id in event.removed:
             core.forget(session_id)
             if session_id in loading:
-                stale.add(session_id)
+                stale[session_id] = True
         for session_id in event.created:
             core.forget_absent(session_id)
             if session_id in loading:
-                stale.add(session_id)
+                stale.setdefault(session_id, False)
 
     async def _run_invalidations(self, store: SharedStore) -> None:
         """Feed a shared store's invalidations to the actor, in the order the store learnt

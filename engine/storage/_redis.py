@@ -14,7 +14,8 @@ all in Redis 7.0 and Valkey.
   :class:`~engine.storage.SessionGoneError`.
 - delete: ``DEL key``; every batch that deleted or created ids then publishes them on the
   invalidation channel ``<prefix>invalidate``, which every engine subscribes to.
-- load: ``GETRANGE key 0 <1 MiB>`` and ``PTTL key`` in one round trip.
+- load: ``GETRANGE key 0 <1 MiB>``: one round trip. The record's own expiry is a lower bound
+  of the key's; only when it has (nearly) passed does a ``PTTL key`` read the key's.
 
 Writes go one batch at a time. A batch that Redis has not answered within ``timeout`` fails at
 once (nothing is reported durable that Redis did not acknowledge), but it is never abandoned on
@@ -60,6 +61,9 @@ REDIS_URL_SCHEMES: Final = (
 INVALIDATION_BACKLOG: Final = 10_000
 """Invalidation messages buffered for the engine; past that the store reports "everything
 suspect" instead (a slow engine never makes the subscriber block or grow without bound)."""
+EXPIRY_MARGIN: Final = 1.0
+"""A load reads the key's expiry (a second round trip) only when the record's own expiry is
+this close (seconds) or past; otherwise the record's is a lower bound of the key's."""
 
 
 def redact_url(url: str) -> str:
@@ -386,35 +390,54 @@ class RedisStore:
     async def load_one(
         self, session_id: str, parse: Callable[[bytes], R]
     ) -> tuple[R, float] | None:
-        """One round trip: the record (at most 1 MiB is read) and the key's remaining TTL, or
-        ``None`` if there is no key. A value that is not a readable record of this id is logged,
-        counted (``corrupt``), left alone and treated as absent. Raises
-        :class:`~engine.StorageError` if Redis does not answer within ``timeout``. Checkpoint;
-        cancel-safe."""
+        """The record (at most 1 MiB is read) and a time the session is live in Redis until at
+        least, or ``None`` if there is no key. One round trip (``GETRANGE``) when the record's
+        own expiry is more than :data:`EXPIRY_MARGIN` away: the key expires no earlier (creates
+        set it, touch persists only move it later). Otherwise a second one (``PTTL``) reads the
+        key's expiry, which touches on any engine may have moved past the record's.
+
+        A value that is not a readable record of this id is logged, counted (``corrupt``), left
+        alone and treated as absent. Raises :class:`~engine.StorageError` if Redis does not
+        answer within ``timeout``. Checkpoint; cancel-safe."""
+        from coredis.exceptions import ResponseError
+
         self._check_up()
         key = self.key(session_id)
+        client = self._client
         try:
             with trio.fail_after(self.timeout):
-                async with self._client.pipeline(transaction=False, raise_on_error=False) as pipe:
-                    pipe.getrange(key, 0, MAX_RECORD_BYTES)
-                    pipe.pttl(key)
-                data, ttl = pipe.results
+                try:
+                    data = await client.getrange(key, 0, MAX_RECORD_BYTES)
+                except ResponseError as wrong:  # not a string (WRONGTYPE)
+                    data = wrong
+                now = time.time()
+                record = self._parse(key, session_id, data, parse)
+                if record is None or record.expires - now > EXPIRY_MARGIN:
+                    self._came_up()
+                    self._status.loads += 1
+                    return None if record is None else (record, record.expires)
+                ttl = await client.pttl(key)
         except trio.TooSlowError:
-            exc = TimeoutError(f"no answer within {self.timeout} s")
-            self._went_down(exc)
+            self._went_down(TimeoutError(f"no answer within {self.timeout} s"))
             raise StorageError(f"Redis did not answer a load within {self.timeout} s") from None
         except self._connection_errors() as exc:
             self._went_down(exc)
             raise StorageError(f"cannot load from Redis: {_describe(exc)}") from None
-        now = time.time()
         self._came_up()
         self._status.loads += 1
-        if isinstance(data, Exception) or isinstance(ttl, Exception):
-            self._corrupt(
-                key, f"not a string value ({data if isinstance(data, Exception) else ttl})"
-            )
+        if ttl == -2:  # deleted since the read: absent
             return None
-        if ttl == -2 or not data:  # absent (or deleted between the two commands)
+        return record, record.expires if ttl < 0 else max(record.expires, now + ttl / 1000)
+
+    def _parse(
+        self, key: str, session_id: str, data: bytes | Exception, parse: Callable[[bytes], R]
+    ) -> R | None:
+        """The record in *data* (a ``GETRANGE`` reply), or ``None`` if there is none or it is
+        not a readable record of *session_id* (counted as corrupt)."""
+        if isinstance(data, Exception):
+            self._corrupt(key, f"not a string value ({data})")
+            return None
+        if not data:  # no key (GETRANGE answers "" for a missing key)
             return None
         if len(data) > MAX_RECORD_BYTES:
             self._corrupt(key, f"value over the {MAX_RECORD_BYTES} byte limit")
@@ -427,8 +450,7 @@ class RedisStore:
         if record.id != session_id:
             self._corrupt(key, f"holds the record of another id {record.id!r}")
             return None
-        expires = record.expires if ttl < 0 else now + ttl / 1000
-        return record, expires
+        return record
 
     def _corrupt(self, key: str, why: str) -> None:
         self._status.corrupt += 1
