@@ -202,7 +202,7 @@ async def test_redis_down_creates_fail_fast_and_cached_gets_keep_working(
 async def test_cluster_smoke(tmp_path: Path) -> None:
     """A three-node local Redis Cluster: creates, cross-node gets, touches and deletes with
     invalidation, keys spread over the nodes."""
-    need_redis()
+    need_redis(cli=True)
     with RedisCluster(tmp_path / "cluster") as cluster:
         config = EngineConfig(ttl=3600, flush_interval=0.2)
         store_a = RedisStore(cluster.url, prefix="c:")
