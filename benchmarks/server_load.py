@@ -51,6 +51,12 @@ class _DictSessions:
     async def create(self, session_id: str, payload: Any) -> None:
         self.sessions[session_id] = payload
 
+    async def replace(self, session_id: str, payload: Any) -> bool:
+        if session_id not in self.sessions:
+            return False
+        self.sessions[session_id] = payload
+        return True
+
     async def get_and_touch(self, session_id: str) -> Any:
         return self.sessions.get(session_id)
 

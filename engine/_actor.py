@@ -26,6 +26,7 @@ from ._calls import (
     GET_AND_TOUCH,
     INFO,
     INVALIDATE,
+    REPLACE,
     SWEEP,
     TICK,
     TOUCH,
@@ -267,16 +268,22 @@ class Actor(Generic[P]):
         elif kind is TOUCH:
             call.reply(core.touch(call.session_id, now))
         elif kind is CREATE:
-            if self._shared is not None and self._unwritten_create(call.session_id, True):
-                self._after_write(call)  # coalesced, one SET would answer for both creates
+            if self._shared is not None and self._unwritten_write(call.session_id):
+                self._after_write(call)
                 return
             core.create(call.session_id, cast(P, call.arg), now)
             self._reply_when_durable(call)
         elif kind is DELETE:
-            if self._shared is not None and self._unwritten_create(call.session_id, False):
-                self._after_write(call)  # coalesced, the pair would skip the create's SET NX
+            if self._shared is not None and self._unwritten_write(call.session_id):
+                self._after_write(call)
                 return
             call.result = core.delete(call.session_id, now)
+            self._reply_when_durable(call)
+        elif kind is REPLACE:
+            if self._shared is not None and self._unwritten_write(call.session_id):
+                self._after_write(call)
+                return
+            call.result = core.replace(call.session_id, cast(P, call.arg), now)
             self._reply_when_durable(call)
         elif kind is INFO:
             e = core.entry(call.session_id, now)
@@ -450,10 +457,11 @@ class Actor(Generic[P]):
 
     # -- shared stores: other engines' changes ---------------------------------------------------
 
-    def _unwritten_create(self, session_id: str, replace_too: bool) -> bool:
-        """Whether a create of *session_id* (a ``CREATE``; with *replace_too* also a
-        ``REPLACE``) is waiting to be handed to the store: a later operation on the id would
-        coalesce with it. (One in flight does not coalesce: a later one is written after it.)"""
+    def _unwritten_write(self, session_id: str) -> bool:
+        """Whether a write of *session_id* whose outcome the store decides (a create or a
+        replace: anything but a touch persist) is waiting to be handed to the store: a later
+        operation on the id would coalesce with it. (One in flight does not coalesce: a later
+        one is written after it.)"""
         outbox, writer = self.core.outbox, self.writer
         assert writer is not None
         if session_id in outbox:
@@ -462,16 +470,14 @@ class Actor(Generic[P]):
             op = writer.pending[session_id]
         else:
             return False
-        if op is None:
-            return False
-        return op.kind is PutKind.CREATE or (replace_too and op.kind is PutKind.REPLACE)
+        return op is not None and op.kind is not PutKind.UPDATE
 
     def _after_write(self, call: Call) -> None:
         """Park *call* (and, behind it, later calls on its id) until the write of its id now
-        waiting is done, then apply them as new. On a shared store a create or delete must not
-        coalesce with an unwritten create: that create's ``SET NX`` decides whether it
-        succeeded, and only then is the outcome of the next one known (a second create of the
-        id goes to the store as its own ``SET NX``)."""
+        waiting is done, then apply them as new. On a shared store a create, replace or delete
+        must not coalesce with an unwritten create or replace: the store decides whether that
+        one succeeded (Redis: its ``SET NX`` or ``SET XX``), and only then is the outcome of
+        the next one known (a second create of the id goes to the store as its own ``SET NX``)."""
         session_id = call.session_id
         self._loading[session_id] = [call]
         self._submit()

@@ -23,7 +23,13 @@ from typing import Any, Final, final
 import outcome
 import trio
 
-from ._errors import EngineClosedError, InvalidSessionIdError, SessionExistsError, StorageError
+from ._errors import (
+    EngineClosedError,
+    InvalidSessionIdError,
+    SessionExistsError,
+    SessionGoneError,
+    StorageError,
+)
 from ._ids import validate_session_id
 
 __all__ = [
@@ -36,6 +42,7 @@ __all__ = [
     "GET_AND_TOUCH",
     "INFO",
     "INVALIDATE",
+    "REPLACE",
     "PARKED",
     "SENDING",
     "SWEEP",
@@ -60,6 +67,8 @@ class CallKind(enum.Enum):
     """Extend a live session's TTL."""
     GET_AND_TOUCH = ("get_and_touch", True, True)
     """Both in one round trip: the per-request path."""
+    REPLACE = ("replace", True, True)
+    """Give a live session a new payload; answered when its write is durable."""
     DELETE = ("delete", True, True)
     """Remove a session; answered when its delete is durable."""
     INFO = ("info", True, True)
@@ -105,6 +114,7 @@ GET: Final = CallKind.GET
 TOUCH: Final = CallKind.TOUCH
 GET_AND_TOUCH: Final = CallKind.GET_AND_TOUCH
 DELETE: Final = CallKind.DELETE
+REPLACE: Final = CallKind.REPLACE
 INFO: Final = CallKind.INFO
 FLUSH: Final = CallKind.FLUSH
 TICK: Final = CallKind.TICK
@@ -164,12 +174,15 @@ class Call:
     def settle(self, error: Exception | None) -> None:
         """Writer callback: the call's write (or, for a flush, its batch) is done. Answers with
         :attr:`result`; with :class:`~engine.storage.SessionExistsError` for a create a shared
-        store refused (final: not retried); else a :class:`~engine.StorageError` if the write
-        failed (it is retried)."""
+        store refused (final: not retried), with False for a replace of a session a shared store
+        no longer holds; else a :class:`~engine.StorageError` if the write failed (it is
+        retried)."""
         if error is None:
             self.reply(self.result)
         elif isinstance(error, SessionExistsError):
             self.fail(SessionExistsError(str(error)))
+        elif isinstance(error, SessionGoneError):
+            self.reply(False)
         else:
             self.fail(StorageError(f"storage write failed (it will be retried): {error}"))
 

@@ -89,6 +89,12 @@ class Cause(enum.Enum):
     """The periodic flush tick."""
     FLUSH = "flush"
     """An explicit flush, or the final flush at close."""
+    REPLACE = "replace"
+    """A new payload for a live session: written at once, like a create."""
+
+
+_KINDS: Final = {Cause.CREATE: PutKind.CREATE, Cause.REPLACE: PutKind.OVERWRITE}
+"""The kind of the write each cause makes (any other: an update, touches only)."""
 
 
 class Entry(msgspec.Struct, Generic[P], gc=False):
@@ -171,6 +177,19 @@ class SessionTable(Generic[P]):
             self.absent.pop(session_id, None)
         self._insert(session_id, Entry(payload, now, now, now + self.ttl, now))
         self._persist(session_id, Cause.CREATE, now)
+
+    def replace(self, session_id: str, payload: P, now: float) -> bool:
+        """Give a live session a new payload (and touch it), written at once. Returns False,
+        changing nothing, for an unknown or expired id."""
+        self.applied += 1
+        entry = self._live(session_id, now)
+        if entry is None:
+            return False
+        entry.payload = payload
+        entry.last_accessed_at = now
+        entry.expires = now + self.ttl
+        self._persist(session_id, Cause.REPLACE, now)
+        return True
 
     def get(self, session_id: str, now: float) -> P | None:
         """The payload of a live session, else ``None``. Does not extend the TTL."""
@@ -381,7 +400,7 @@ class SessionTable(Generic[P]):
             self.encode_errors += 1
             self.dirty[session_id] = None
             return
-        new = Put(data, entry.expires, PutKind.CREATE if cause is Cause.CREATE else PutKind.UPDATE)
+        new = Put(data, entry.expires, _KINDS.get(cause, PutKind.UPDATE))
         outbox = self.outbox
         outbox[session_id] = coalesce(outbox[session_id], new) if session_id in outbox else new
         entry.touches = 0

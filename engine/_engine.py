@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar, cast, final
 import attrs
 import trio
 
-from ._calls import CREATE, DELETE, FLUSH, GET, GET_AND_TOUCH, INFO, TOUCH, request
+from ._calls import CREATE, DELETE, FLUSH, GET, GET_AND_TOUCH, INFO, REPLACE, TOUCH, request
 from ._config import EngineConfig
 from ._errors import InvalidSessionIdError, PayloadError
 from ._ids import validate_session_id
@@ -110,7 +110,9 @@ class Engine(Generic[P]):
         With storage, returns once the record is durable. Raises :class:`~engine.PayloadError`
         if *payload* is not a valid ``payload_type`` (nothing is applied);
         :class:`~engine.StorageError` if the write failed (the session is live in memory and the
-        write is retried). Checkpoint. Cancel-safe until applied; cancelled while waiting for
+        write is retried). On a shared store (Redis) a create never replaces: it raises
+        :class:`~engine.storage.SessionExistsError` if the store holds that id (nothing is
+        changed). Checkpoint. Cancel-safe until applied; cancelled while waiting for
         durability, the session stays created and its write continues. After close:
         :class:`~engine.EngineClosedError`.
         """
@@ -121,6 +123,28 @@ class Engine(Generic[P]):
             await trio.lowlevel.checkpoint()
             raise
         await request(self._send, CREATE, session_id, checked)
+
+    async def replace(self, session_id: str, payload: P) -> bool:
+        """Give a live session a new payload (and extend its TTL, as a touch does); returns
+        False, changing nothing, for an unknown or expired id. Unlike :meth:`create` it never
+        makes a session: on a shared store (Redis) it rewrites the stored record only if it is
+        still there (False if another engine deleted it meanwhile), and other engines drop
+        their cached copy.
+
+        With storage, returns once the record is durable. Raises :class:`~engine.PayloadError`
+        if *payload* is not a valid ``payload_type`` (nothing is applied);
+        :class:`~engine.StorageError` if the write failed (the new payload is live in memory
+        and the write is retried). Checkpoint. Cancel-safe until applied; cancelled while
+        waiting for durability, the new payload stays and its write continues. After close:
+        :class:`~engine.EngineClosedError`.
+        """
+        try:
+            validate_session_id(session_id)
+            checked = self._codec.check_payload(payload)
+        except (InvalidSessionIdError, PayloadError):
+            await trio.lowlevel.checkpoint()
+            raise
+        return cast(bool, await request(self._send, REPLACE, session_id, checked))
 
     async def get(self, session_id: str) -> P | None:
         """The payload of a live session, or ``None`` if it is unknown or expired. Does not
@@ -141,7 +165,8 @@ class Engine(Generic[P]):
         return cast("P | None", await request(self._send, GET_AND_TOUCH, session_id))
 
     async def delete(self, session_id: str) -> bool:
-        """Remove a session from memory and storage; True if it was live. With storage, returns
+        """Remove a session from memory and storage; True if it was live (on a shared store, as
+        this engine knew it: another may have deleted it a moment before). With storage, returns
         once the delete is durable (raises :class:`~engine.StorageError` if it failed; the
         session is gone from memory and the delete is retried). Checkpoint. Cancel-safe until
         applied; cancelled while waiting for durability, the delete stands and its write

@@ -133,6 +133,8 @@ class SessionStore(Protocol):
 
     async def create(self, session_id: str, payload: McpSession) -> None: ...
 
+    async def replace(self, session_id: str, payload: McpSession) -> bool: ...
+
     async def get_and_touch(self, session_id: str) -> McpSession | None: ...
 
     async def delete(self, session_id: str) -> bool: ...
@@ -575,8 +577,11 @@ class McpApp:
             return _Response(200, _error_body(exc.code, exc.message, request_id))
         if outcome.payload is not None:
             try:
-                # Replaces the live session with its new payload; returns once durable.
-                await self.sessions.create(session_id, outcome.payload)
+                # The live session's new payload; returns once durable. False: it is gone
+                # (deleted, or expired, meanwhile; on a shared store maybe by another server).
+                if not await self.sessions.replace(session_id, outcome.payload):
+                    self.metrics.sessions_not_found += 1
+                    return _json_error(404, SESSION_ERROR, "Session not found", request_id)
             except EngineClosedError:
                 return _json_error(503, SERVER_BUSY, "Server shutting down", request_id)
             except StorageError as exc:
@@ -584,7 +589,7 @@ class McpApp:
                 # write is replaced by this one in the writer's queue), and say so.
                 log.warning("session %s: tool write failed: %s", fingerprint(session_id), exc)
                 with trio.CancelScope(shield=True), suppress(StorageError, EngineClosedError):
-                    await self.sessions.create(session_id, session)
+                    await self.sessions.replace(session_id, session)
                 response = _json_error(
                     503, SERVER_BUSY, "Storage unavailable: the change was not saved", request_id
                 )

@@ -28,7 +28,7 @@ __all__ = [
 
 
 class PutKind(enum.IntEnum):
-    """What a :class:`Put` means to a shared store (stores owned by one engine treat all three
+    """What a :class:`Put` means to a shared store (stores owned by one engine treat them all
     as "write this record")."""
 
     UPDATE = 0
@@ -39,6 +39,10 @@ class PutKind(enum.IntEnum):
     :class:`~engine.storage.SessionExistsError`)."""
     REPLACE = 2
     """A create that follows a delete of the same id not yet written: write unconditionally."""
+    OVERWRITE = 3
+    """A new payload for a session the store holds (:meth:`~engine.Engine.replace`): rewrite
+    its record, never create it (a shared store answers
+    :class:`~engine.storage.SessionGoneError` if it is gone); its expiry never moves back."""
 
 
 class Put(msgspec.Struct, frozen=True, gc=False):
@@ -58,8 +62,9 @@ class Put(msgspec.Struct, frozen=True, gc=False):
 def coalesce(old: Put | None, new: Put | None) -> Put | None:
     """The one operation that has the effect of *old* followed by *new* for one id, both not
     yet written (``None`` is a delete; call this only when an *old* operation exists): the newer
-    record, keeping what a shared store must know of the older one (a
-    pending create stays a create; a create after a pending delete becomes a replace)."""
+    record, keeping what a shared store must know of the older one (a pending create stays a
+    create, a pending overwrite an overwrite; a create after a pending delete becomes a
+    replace)."""
     if new is None or old is new:
         return new
     if old is None:
@@ -67,6 +72,8 @@ def coalesce(old: Put | None, new: Put | None) -> Put | None:
             return Put(new.data, new.expires, PutKind.REPLACE)
         return new
     if new.kind == PutKind.UPDATE and old.kind != PutKind.UPDATE:
+        return Put(new.data, new.expires, old.kind)
+    if new.kind == PutKind.OVERWRITE and old.kind in (PutKind.CREATE, PutKind.REPLACE):
         return Put(new.data, new.expires, old.kind)
     if new.kind == PutKind.CREATE and old.kind == PutKind.REPLACE:
         return Put(new.data, new.expires, PutKind.REPLACE)

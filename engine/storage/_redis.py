@@ -3,8 +3,8 @@
 Each engine keeps its actor and its in-memory table as a cache; Redis is the source of truth.
 One key per session, ``<prefix>{<id>}`` (the braces keep every key of a session in one hash
 slot), holding the msgspec record (with its format version) and expiring by itself. Commands
-used: SET (PXAT, NX, GET), GETRANGE, PTTL, PEXPIREAT (GT), EXISTS, DEL, PUBLISH, SUBSCRIBE, PING:
-all in Redis 7.0 and Valkey.
+used: SET (PXAT, NX, XX, KEEPTTL, GET), GETRANGE, PTTL, PEXPIREAT (GT), EXISTS, DEL, PUBLISH,
+SUBSCRIBE, PING: all in Redis 7.0 and Valkey.
 
 - create: ``SET key record PXAT expires NX GET``. An existing key is an id collision
   (:class:`~engine.storage.SessionExistsError`) unless it holds this very record (the retry of a
@@ -12,8 +12,10 @@ all in Redis 7.0 and Valkey.
 - touch persists: ``PEXPIREAT key expires GT`` (expiry never moves back, whichever engine writes
   last), pipelined per batch; a key that is gone answers
   :class:`~engine.storage.SessionGoneError`.
-- delete: ``DEL key``; every batch that deleted or created ids then publishes them on the
-  invalidation channel ``<prefix>invalidate``, which every engine subscribes to.
+- replace (a new payload): ``SET key record XX KEEPTTL`` then ``PEXPIREAT key expires GT``; a
+  key that is gone answers :class:`~engine.storage.SessionGoneError` (never recreated).
+- delete: ``DEL key``; every batch that deleted, created or rewrote ids then publishes them on
+  the invalidation channel ``<prefix>invalidate``, which every engine subscribes to.
 - load: ``GETRANGE key 0 <1 MiB>``: one round trip. The record's own expiry is a lower bound
   of the key's; only when it has (nearly) passed does a ``PTTL key`` read the key's.
 
@@ -539,15 +541,22 @@ class RedisStore:
                 elif op.kind == PutKind.CREATE:
                     pipe.set(key, op.data, pxat=_ms(op.expires), condition=PureToken.NX, get=True)
                     changed.append(b"+" + session_id.encode())
+                elif op.kind == PutKind.OVERWRITE:  # only if still there; expiry never back
+                    pipe.set(key, op.data, condition=PureToken.XX, keepttl=True)
+                    pipe.pexpireat(key, _ms(op.expires), condition=PureToken.GT)
+                    changed.append(b"-" + session_id.encode())
                 else:
                     pipe.set(key, op.data, pxat=_ms(op.expires))
                     changed.append(b"-" + session_id.encode())
             if changed and not self.cluster:  # same connection: after the writes above
                 pipe.publish(self.channel, self._message(changed))
-        replies = pipe.results
+        replies = iter(pipe.results)
         failed: dict[str, Exception] = {}
         unapplied: list[str] = []
-        for (session_id, op), reply in zip(items, replies, strict=False):
+        for session_id, op in items:
+            reply = next(replies)
+            if op is not None and op.kind == PutKind.OVERWRITE:
+                next(replies)  # the PEXPIREAT GT: not applied when another engine went further
             if isinstance(reply, Exception):
                 if (
                     op is not None
@@ -567,6 +576,10 @@ class RedisStore:
             elif op.kind == PutKind.CREATE and reply is not None and bytes(reply) != op.data:
                 failed[session_id] = SessionExistsError(
                     f"session id {session_id!r} already exists in Redis"
+                )
+            elif op.kind == PutKind.OVERWRITE and not reply:  # SET XX: not set, no key
+                failed[session_id] = SessionGoneError(
+                    f"session {session_id!r} is no longer in Redis"
                 )
         if changed and self.cluster:  # PUBLISH reaches every node; send it after the writes
             await client.publish(self.channel, self._message(changed))

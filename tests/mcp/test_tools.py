@@ -274,6 +274,9 @@ class PausingSessions:
     async def create(self, session_id: str, payload: McpSession) -> None:
         await self.engine.create(session_id, payload)
 
+    async def replace(self, session_id: str, payload: McpSession) -> bool:
+        return await self.engine.replace(session_id, payload)
+
     async def get_and_touch(self, session_id: str) -> McpSession | None:
         result = await self.engine.get_and_touch(session_id)
         if self.pause_next:

@@ -54,6 +54,99 @@ async def test_create_on_one_node_is_visible_on_another_and_delete_invalidates(
         assert b.statistics().dropped == 1
 
 
+async def test_replace_on_one_node_reaches_the_others_and_never_resurrects(
+    redis_server: RedisServer,
+) -> None:
+    async with node(redis_server) as (a, _), node(redis_server) as (b, _):
+        await a.create("s", A)
+        assert await b.get("s") == A  # b holds it cached
+        assert await a.replace("s", B) is True
+
+        async def b_sees_b() -> bool:
+            return await b.get("s") == B
+
+        await eventually(b_sees_b)  # the rewrite invalidated b's copy
+        assert await b.replace("s", A) is True  # either node may rewrite it
+        assert await a.delete("s") is True
+        assert await b.replace("s", B) in (True, False)  # b's copy may still be live ...
+
+        async def gone_everywhere() -> bool:
+            return await b.get("s") is None and await a.get("s") is None
+
+        await eventually(gone_everywhere)
+        assert redis_server.command("EXISTS", "t:{s}").startswith(b":0")  # ... never recreated
+        await b.create("t", A)
+        redis_server.command("DEL", "t:{t}")  # gone behind b's back (no invalidation)
+        assert await b.replace("t", B) is False  # Redis answered: gone, and b forgot it
+        assert await b.get("t") is None
+        assert redis_server.command("EXISTS", "t:{t}").startswith(b":0")
+
+
+async def test_two_servers_share_sessions_and_tool_state(redis_server: RedisServer) -> None:
+    """Two MCP apps (two servers behind a load balancer) on one Redis: a session opened on one
+    is served by the other, and the tools' state (kept in the session) moves with it."""
+    import httpx
+
+    from engine import McpApp, McpSession, ServerConfig
+
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"},
+        },
+    }
+    count = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "count"}}
+    headers = {"accept": "application/json, text/event-stream"}
+    config = ServerConfig(
+        engine=EngineConfig(store="redis", redis_url=redis_server.url, redis_prefix="mcp:")
+    )
+    async with (
+        open_engine(config.engine, payload_type=McpSession) as one,
+        open_engine(config.engine, payload_type=McpSession) as two,
+    ):
+        apps = [McpApp(e, config, live_sessions=lambda: 0) for e in (one, two)]
+        clients = [
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1")  # type: ignore[arg-type]
+            for app in apps
+        ]
+        async with clients[0], clients[1]:
+            r = await clients[0].post("/mcp", json=body, headers=headers)
+            sid = r.headers["mcp-session-id"]
+            session_headers = {
+                **headers,
+                "mcp-session-id": sid,
+                "mcp-protocol-version": "2025-06-18",
+            }
+            counts = []
+            engines = (one, two)
+            for i in range(6):  # alternating servers, as a load balancer without stickiness
+                r = await clients[i % 2].post("/mcp", json=count, headers=session_headers)
+                assert r.status_code == 200, r.text
+                counts.append(r.json()["result"]["structuredContent"]["count"])
+
+                async def other_caught_up(i: int = i) -> bool:
+                    # The write's invalidation reached the other server (a client's next
+                    # request, through a load balancer, normally comes later than that: see
+                    # docs/operations.md on payload changes across servers).
+                    mine = await engines[i % 2].get(sid)
+                    return await engines[(i + 1) % 2].get(sid) == mine
+
+                await eventually(other_caught_up)
+            assert counts == [1, 2, 3, 4, 5, 6]
+            r = await clients[1].delete("/mcp", headers=session_headers)
+            assert r.status_code == 204
+
+            async def gone_on_one() -> bool:
+                r = await clients[0].post("/mcp", json=count, headers=session_headers)
+                return r.status_code == 404
+
+            await eventually(gone_on_one)
+
+
 async def test_concurrent_misses_share_one_read(redis_server: RedisServer) -> None:
     async with node(redis_server) as (a, _), node(redis_server) as (b, store_b):
         await a.create("s", A)
