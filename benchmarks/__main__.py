@@ -23,6 +23,8 @@ WORKLOADS = (
     "recovery_memory",
     "scale",
     "durable_creates",
+    "owner_check",
+    "server_load",
     "redis_store",
 )
 

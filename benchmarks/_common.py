@@ -19,7 +19,7 @@ from typing import Any, Final
 import attrs
 import msgspec
 
-from engine import FORMAT_VERSION, ConnectionConfig, StoredSession, new_session_id
+from engine import FORMAT_VERSION, ConnectionConfig, Principal, StoredSession, new_session_id
 from engine.storage import file_name_for
 
 __all__ = [
@@ -92,18 +92,39 @@ def session_ids(n: int) -> list[str]:
     return [new_session_id() for _ in range(n)]
 
 
-def stored_records(ids: Sequence[str], now: float) -> list[StoredSession[ConnectionConfig]]:
-    """Decoded records, as a store's ``load_all`` would return them."""
-    return [StoredSession(1, sid, now, now, now + TTL, DEFAULT_PAYLOAD) for sid in ids]
+def stored_records(
+    ids: Sequence[str], now: float, owners: Mapping[str, Principal] | None = None
+) -> list[StoredSession[ConnectionConfig]]:
+    """Decoded records, as a store's ``load_all`` would return them; *owners* gives the owner
+    of each id (none by default)."""
+    return [
+        StoredSession(
+            FORMAT_VERSION,
+            sid,
+            now,
+            now,
+            now + TTL,
+            DEFAULT_PAYLOAD,
+            None if owners is None else owners[sid],
+        )
+        for sid in ids
+    ]
 
 
-def write_session_files(folder: Path, ids: Sequence[str], now: float) -> None:
+def write_session_files(
+    folder: Path,
+    ids: Sequence[str],
+    now: float,
+    owners: Mapping[str, Principal] | None = None,
+) -> None:
     """Fill *folder* with session files in the directory store's format (plain writes: the
-    fixture needs no durability), as if an engine had persisted them."""
+    fixture needs no durability), as if an engine had persisted them; *owners* gives the owner
+    of each id (none by default)."""
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     encoder = msgspec.json.Encoder()
     for sid in ids:
-        record = StoredSession(FORMAT_VERSION, sid, now, now, now + TTL, DEFAULT_PAYLOAD)
+        owner = None if owners is None else owners[sid]
+        record = StoredSession(FORMAT_VERSION, sid, now, now, now + TTL, DEFAULT_PAYLOAD, owner)
         data = encoder.encode(record)
         fd = os.open(folder / file_name_for(sid), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:

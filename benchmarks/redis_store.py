@@ -1,4 +1,4 @@
-"""Workload 7: the Redis store (issue 11), against private redis-server processes started for
+"""Workload 8: the Redis store (issue 11), against private redis-server processes started for
 the run: ``python -m benchmarks --only redis_store`` (or ``python -m benchmarks.redis_store
 [--quick]``). Skipped, with a note, when redis-server or coredis is not installed.
 
@@ -24,7 +24,6 @@ seconds of the servers, Redis and the load generator are read from ``/proc`` and
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
 import re
@@ -55,10 +54,10 @@ from ._common import (
 )
 from ._peers import Op, open_redis
 from .request_path import _round
-from .server_load import _Connection, _create_sessions, _http
+from .server_load import TOOLS_LIST, _Connection, _create_sessions, _http
 
 NAME = "redis_store"
-TITLE = "Workload 7: the Redis store (several engines, one Redis)"
+TITLE = "Workload 8: the Redis store (several engines, one Redis)"
 TASKS: Final = 100
 LONG: Final = 3600.0
 """Flush tick and M trigger out of the measurement (as in workload 1); N keeps its default."""
@@ -271,29 +270,14 @@ def _serve(args: Sequence[str], cwd: Path) -> Iterator[tuple[subprocess.Popen[st
             proc.wait()
 
 
-INIT: Final = json.dumps(
-    {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-06-18",
-            "capabilities": {},
-            "clientInfo": {"name": "redis_store", "version": "1"},
-        },
-    }
-).encode()
-TOOLS: Final = b'{"jsonrpc":"2.0","id":2,"method":"tools/list"}'
-
-
 async def _alternating_load(
     ports: tuple[int, int], sessions: int, workers: int, duration: float
 ) -> dict[str, float]:
     """Every worker alternates its requests between a connection to ``ports[0]`` and one to
     ``ports[1]``; sessions are created half on each port."""
-    ids = await _create_sessions(ports[0], INIT, sessions // 2)
-    ids += await _create_sessions(ports[1], INIT, sessions - sessions // 2)
-    requests = [[_http(port, TOOLS, sid) for sid in ids] for port in ports]
+    ids = await _create_sessions(ports[0], sessions // 2)
+    ids += await _create_sessions(ports[1], sessions - sessions // 2)
+    requests = [[_http(port, TOOLS_LIST, sid) for sid in ids] for port in ports]
     latencies: list[float] = []
     errors = 0
     started = trio.Event()

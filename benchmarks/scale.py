@@ -29,7 +29,7 @@ from ._common import (
     session_ids,
     stored_records,
 )
-from ._peers import bound_op, open_nop_actor
+from ._peers import Op, bound_op, open_nop_actor
 from .request_path import _round
 
 NAME = "scale"
@@ -46,7 +46,7 @@ async def _throughput(ids: list[str], rounds: int, duration: float) -> dict[str,
         open_engine(EngineConfig(), store=store) as engine,
         open_nop_actor("reschedule") as nop,
     ):
-        ops = {"engine": engine.get_and_touch, "bound": bound_op, "nop": nop}
+        ops: dict[str, Op] = {"engine": engine.get_and_touch, "bound": bound_op, "nop": nop}
         for op in ops.values():
             await _round(op, per_task, duration / 3)
         runs: dict[str, list[float]] = {name: [] for name in ops}

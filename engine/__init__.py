@@ -9,11 +9,14 @@ from ._config import EngineConfig as EngineConfig
 from ._engine import Engine as Engine
 from ._engine import SessionInfo as SessionInfo
 from ._engine import Statistics as Statistics
+from ._errors import CapacityError as CapacityError
 from ._errors import ConfigError as ConfigError
 from ._errors import EngineClosedError as EngineClosedError
 from ._errors import EngineError as EngineError
 from ._errors import InvalidSessionIdError as InvalidSessionIdError
+from ._errors import OwnerLimitError as OwnerLimitError
 from ._errors import PayloadError as PayloadError
+from ._errors import SessionOwnedError as SessionOwnedError
 from ._errors import StorageError as StorageError
 from ._errors import StorageLockedError as StorageLockedError
 from ._errors import StorageResetError as StorageResetError
@@ -32,6 +35,7 @@ from .mcp import serve as serve
 from .storage import FORMAT_VERSION as FORMAT_VERSION
 from .storage import DirectoryStore as DirectoryStore
 from .storage import LoadReport as LoadReport
+from .storage import Principal as Principal
 from .storage import Put as Put
 from .storage import Store as Store
 from .storage import StoredSession as StoredSession
@@ -39,6 +43,7 @@ from .storage import WriteBatch as WriteBatch
 
 __all__ = [
     "FORMAT_VERSION",
+    "CapacityError",
     "ConfigError",
     "ConnectionConfig",
     "DirectoryStore",
@@ -50,10 +55,13 @@ __all__ = [
     "LoadReport",
     "McpApp",
     "McpSession",
+    "OwnerLimitError",
     "PayloadError",
+    "Principal",
     "Put",
     "ServerConfig",
     "SessionInfo",
+    "SessionOwnedError",
     "Statistics",
     "StorageError",
     "StorageLockedError",

@@ -10,6 +10,7 @@ are served.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 from collections.abc import Callable
@@ -37,9 +38,15 @@ from ._codec import Codec
 from ._config import EngineConfig
 from ._core import Cause, SessionTable
 from ._engine import SessionInfo, Statistics
-from ._errors import EngineClosedError, StorageError
+from ._errors import (
+    CapacityError,
+    EngineClosedError,
+    OwnerLimitError,
+    SessionOwnedError,
+    StorageError,
+)
 from ._writer import Notify, Waiter, Writer
-from .storage import Invalidation, PutKind, SharedStore, Store, StoredSession
+from .storage import Invalidation, Principal, PutKind, SharedStore, Store, StoredSession
 
 __all__ = ["CHUNK", "CLOSE_ATTEMPTS", "LOST_IDS_LOGGED", "Actor"]
 
@@ -81,9 +88,11 @@ class Actor(Generic[P]):
             persist_requests=config.persist_requests,
             persist_interval=config.persist_interval,
             max_sessions=config.max_sessions,
+            max_sessions_per_owner=config.max_sessions_per_owner,
             encode=codec.encode_session if store is not None else None,
             delete_expired=store is None or not store.expires_keys,
             evict_to_storage=store is not None and not store.preloads,
+            evict_idle_after=config.evict_idle_after,
         )
         self.send, self._receive = trio.open_memory_channel[Call](config.queue_size)
         """The request channel: callers send on it (:func:`~engine._calls.request`)."""
@@ -209,6 +218,7 @@ class Actor(Generic[P]):
             persists={cause.value: n for cause, n in core.persists.items()},
             expired=core.expired,
             evicted=core.evicted,
+            refused=core.refused,
             storage_writes=writer.writes if writer else 0,
             storage_errors=core.encode_errors + (writer.errors if writer else 0),
             pending_writes=(len(writer.pending) + len(writer.in_flight)) if writer else 0,
@@ -217,7 +227,17 @@ class Actor(Generic[P]):
             dropped=core.dropped,
             absent_hits=self._absent_hits,
             store_state=self._shared.state if self._shared is not None else "",
+            owners=len(core.owners),
+            owner_mismatches=core.owner_mismatches,
+            owner_refusals=core.owner_refusals,
         )
+
+    def sessions_by_owner(self, limit: int | None = None) -> list[tuple[Principal, int]]:
+        """Owners by live sessions, most first (see :meth:`Engine.sessions_by_owner`)."""
+        counts = ((slot.principal, slot.count) for slot in self.core.owners.values())
+        if limit is None:
+            return sorted(counts, key=_by_count, reverse=True)
+        return heapq.nlargest(limit, counts, key=_by_count)
 
     # -- the actor task -----------------------------------------------------------------------
 
@@ -262,36 +282,45 @@ class Actor(Generic[P]):
             return
         core = self.core
         if kind is GET_AND_TOUCH:
-            call.reply(core.get_and_touch(call.session_id, now))
+            call.reply(core.get_and_touch(call.session_id, now, call.owner))
         elif kind is GET:
-            call.reply(core.get(call.session_id, now))
+            call.reply(core.get(call.session_id, now, call.owner))
         elif kind is TOUCH:
-            call.reply(core.touch(call.session_id, now))
+            call.reply(core.touch(call.session_id, now, call.owner))
         elif kind is CREATE:
             if self._shared is not None and self._unwritten_write(call.session_id):
                 self._after_write(call)
                 return
-            core.create(call.session_id, cast(P, call.arg), now)
+            try:
+                core.create(call.session_id, cast(P, call.arg), now, call.owner)
+            except (SessionOwnedError, OwnerLimitError, CapacityError) as refused:
+                call.fail(refused)  # nothing was applied
+                return
             self._reply_when_durable(call)
         elif kind is DELETE:
             if self._shared is not None and self._unwritten_write(call.session_id):
                 self._after_write(call)
                 return
-            call.result = core.delete(call.session_id, now)
+            call.result = core.delete(call.session_id, now, call.owner)
             self._reply_when_durable(call)
         elif kind is REPLACE:
             if self._shared is not None and self._unwritten_write(call.session_id):
                 self._after_write(call)
                 return
-            call.result = core.replace(call.session_id, cast(P, call.arg), now)
+            call.result = core.replace(call.session_id, cast(P, call.arg), now, call.owner)
             self._reply_when_durable(call)
         elif kind is INFO:
-            e = core.entry(call.session_id, now)
+            e = core.entry(call.session_id, now, call.owner)
             call.reply(
                 None
                 if e is None
                 else SessionInfo(
-                    call.session_id, e.payload, e.created_at, e.last_accessed_at, e.expires
+                    call.session_id,
+                    e.payload,
+                    e.created_at,
+                    e.last_accessed_at,
+                    e.expires,
+                    e.owner,
                 )
             )
         elif kind is FLUSH:
@@ -522,6 +551,10 @@ class Actor(Generic[P]):
                     await request(self.send, INVALIDATE, "", event)
                 except EngineClosedError:
                     return
+
+
+def _by_count(item: tuple[Principal, int]) -> int:
+    return item[1]
 
 
 async def _run_then_set(fn: Callable[[], Any], done: trio.Event) -> None:

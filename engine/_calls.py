@@ -31,6 +31,7 @@ from ._errors import (
     StorageError,
 )
 from ._ids import validate_session_id
+from .storage import Principal
 
 __all__ = [
     "ABANDONED",
@@ -59,8 +60,10 @@ class CallKind(enum.Enum):
     """What a call asks of the actor. The attributes say how the shell treats each kind; no code
     depends on the order of the kinds."""
 
-    CREATE = ("create", True, False)
-    """Create or replace a session; answered when its write is durable."""
+    CREATE = ("create", True, True)
+    """Create a session, or replace a live one of the same owner; answered when its write is
+    durable. It reads the session it would replace: on a store that loads on a miss the id is
+    loaded first, so a create never replaces a stored session of another owner."""
     GET = ("get", True, True)
     """A live session's payload."""
     TOUCH = ("touch", True, True)
@@ -89,8 +92,9 @@ class CallKind(enum.Enum):
         """The call names a session: its id is validated before it is sent, and on a store that
         loads on a miss it queues behind a load of that id in progress (per-id order)."""
         self.reads_session = reads_session
-        """The call's answer depends on the session's current state: on a store that loads on a
-        miss, an id not in memory is loaded first (a create replaces it, so it needs no load)."""
+        """The call's answer depends on the session's current state (for a create: its owner):
+        on a store that loads on a miss, an id not in memory is loaded first, and a failed load
+        fails the call."""
 
 
 class CallState(enum.Enum):
@@ -130,16 +134,23 @@ DONE: Final = CallState.DONE
 class Call:
     """One request in flight: what to do, and whom to wake with the answer."""
 
-    __slots__ = ("arg", "kind", "outcome", "result", "session_id", "state", "task")
+    __slots__ = ("arg", "kind", "outcome", "owner", "result", "session_id", "state", "task")
 
     def __init__(
-        self, kind: CallKind, session_id: str, arg: object, task: trio.lowlevel.Task
+        self,
+        kind: CallKind,
+        session_id: str,
+        arg: object,
+        task: trio.lowlevel.Task,
+        owner: Principal | None = None,
     ) -> None:
         self.kind = kind
         self.session_id = session_id
         """The session the call is about (``""`` for kinds that name none)."""
         self.arg = arg
         """The call's argument (the payload of a create), never overwritten."""
+        self.owner = owner
+        """The caller's principal, for kinds that name a session (``None``: no owner)."""
         self.task = task
         """The caller's task, rescheduled with the answer."""
         self.state = SENDING
@@ -188,9 +199,14 @@ class Call:
 
 
 async def request(
-    send: trio.MemorySendChannel[Call], kind: CallKind, session_id: str, arg: object = None
+    send: trio.MemorySendChannel[Call],
+    kind: CallKind,
+    session_id: str,
+    arg: object = None,
+    owner: Principal | None = None,
 ) -> object:
-    """Send one call to the actor and wait for its answer: the request path.
+    """Send one call to the actor and wait for its answer: the request path. *owner* is the
+    caller's principal (kinds that name a session).
 
     Validates *session_id* first for kinds that name a session. A checkpoint, also when it
     raises. Cancelled before the actor applied the call, the call has no effect. Raises
@@ -199,7 +215,7 @@ async def request(
     try:
         if kind.names_session:
             validate_session_id(session_id)
-        call = Call(kind, session_id, arg, trio.lowlevel.current_task())
+        call = Call(kind, session_id, arg, trio.lowlevel.current_task(), owner)
         try:
             send.send_nowait(call)
         except trio.WouldBlock:

@@ -1,7 +1,8 @@
 """Command line: ``python -m engine <command>``.
 
 ``serve`` runs the reference MCP server; ``inspect``, ``stats`` and ``purge`` work on a storage
-folder; ``demo`` shows sessions surviving a restart. Exit codes: 0 success, 1 error,
+folder; ``token`` makes test credentials for the server's authentication; ``demo`` shows
+sessions surviving a restart. Exit codes: 0 success, 1 error,
 2 usage, 3 missing folder, 4 folder held by a running engine, 5 not a session store,
 6 invalid configuration.
 """
@@ -13,7 +14,7 @@ import contextlib
 import logging
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Final
@@ -24,11 +25,13 @@ import trio
 
 from ._demo import DEFAULT_DEMO_DIR, run_demo
 from ._errors import ConfigError, StorageError, StorageLockedError
+from ._token import DEFAULT_AUDIENCE, DEFAULT_ISSUER, DEFAULT_TOKEN_DIR, run_token
 from .mcp import ConnectionConfig, ServerConfig, load_server_config, settings, summarize
 from .storage import (
     DirectoryStore,
     ForeignEntry,
     LockState,
+    Principal,
     ProblemKind,
     RecordDecoder,
     ScannedRecord,
@@ -49,6 +52,7 @@ __all__ = [
 
 EXIT_OK: Final = 0
 EXIT_ERROR: Final = 1
+EXIT_USAGE: Final = 2
 EXIT_MISSING: Final = 3
 EXIT_LOCKED: Final = 4
 EXIT_NOT_A_STORE: Final = 5
@@ -64,42 +68,57 @@ class _CliError(Exception):
 # -- serve ------------------------------------------------------------------------------------
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from .mcp import serve
-
+def _server_config(args: argparse.Namespace) -> ServerConfig:
+    """The settings of ``serve`` and ``sdk-example``: flags, else environment, else TOML."""
     flags = {
         setting.name: getattr(args, setting.name)
         for setting in settings()
         if getattr(args, setting.name) is not None
     }
-    try:
-        config = load_server_config(config_file=args.config, flags=flags)
-    except ConfigError as exc:
-        print(f"engine serve: invalid configuration: {exc}", file=sys.stderr)
-        return EXIT_BAD_CONFIG
+    return load_server_config(config_file=args.config, flags=flags)
+
+
+def _run_server(
+    command: str, args: argparse.Namespace, config: ServerConfig, run: Callable[[], Awaitable[None]]
+) -> int:
+    """Run a server until it stops, logging at ``--log-level``; map its failures to exit
+    codes."""
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     try:
-        trio.run(partial(serve, config, announce=sys.stdout))
+        trio.run(run)
     except Exception as exc:  # nurseries wrap errors in groups: look at the one inside
         error = _single(exc)
         if isinstance(error, ConfigError):  # a bound the system cannot give (open files)
-            print(f"engine serve: invalid configuration: {error}", file=sys.stderr)
+            print(f"engine {command}: invalid configuration: {error}", file=sys.stderr)
             return EXIT_BAD_CONFIG
         if isinstance(error, StorageLockedError):
-            print(f"engine serve: {error}; stop it first", file=sys.stderr)
+            print(f"engine {command}: {error}; stop it first", file=sys.stderr)
             return EXIT_LOCKED
         if isinstance(error, StorageError):
-            print(f"engine serve: {error}", file=sys.stderr)
+            print(f"engine {command}: {error}", file=sys.stderr)
             return EXIT_ERROR
         if isinstance(error, OSError):  # the port is taken, or the address is not ours
-            print(f"engine serve: cannot listen on {_address(config)}: {error}", file=sys.stderr)
+            print(
+                f"engine {command}: cannot listen on {_address(config)}: {error}", file=sys.stderr
+            )
             return EXIT_ERROR
         raise
     return EXIT_OK
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .mcp import serve
+
+    try:
+        config = _server_config(args)
+    except ConfigError as exc:
+        print(f"engine serve: invalid configuration: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    return _run_server("serve", args, config, partial(serve, config, announce=sys.stdout))
 
 
 def _count(n: int, noun: str) -> str:
@@ -114,45 +133,20 @@ def _sdk_example(args: argparse.Namespace) -> int:
     except ImportError as exc:  # the SDK is an extra: pip install 'engine[sdk]'
         print(f"engine sdk-example: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    flags = {
-        setting.name: getattr(args, setting.name)
-        for setting in settings()
-        if getattr(args, setting.name) is not None
-    }
     try:
-        config = load_server_config(config_file=args.config, flags=flags)
+        config = _server_config(args)
         tokens = dict(_token(text) for text in args.token)
     except (ConfigError, SdkVersionError) as exc:
         print(f"engine sdk-example: invalid configuration: {exc}", file=sys.stderr)
         return EXIT_BAD_CONFIG
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+    run = partial(
+        serve_example,
+        config,
+        hibernate_after=args.hibernate_after,
+        tokens=tokens,
+        announce=sys.stdout,
     )
-    try:
-        trio.run(
-            partial(
-                serve_example,
-                config,
-                hibernate_after=args.hibernate_after,
-                tokens=tokens,
-                announce=sys.stdout,
-            )
-        )
-    except Exception as exc:  # nurseries wrap errors in groups: look at the one inside
-        error = _single(exc)
-        if isinstance(error, StorageLockedError):
-            print(f"engine sdk-example: {error}; stop it first", file=sys.stderr)
-            return EXIT_LOCKED
-        if isinstance(error, OSError):  # the port is taken, or the address is not ours
-            print(
-                f"engine sdk-example: cannot listen on {_address(config)}: {error}",
-                file=sys.stderr,
-            )
-            return EXIT_ERROR
-        raise
-    return EXIT_OK
+    return _run_server("sdk-example", args, config, run)
 
 
 def _token(text: str) -> tuple[str, str]:
@@ -353,17 +347,97 @@ def _payload_summary(payload: object) -> str:
         return ", ".join(sorted(map(str, payload)))[:60] or "{}"
 
 
+# -- owners -------------------------------------------------------------------------------------
+
+_OWNER_KEYS: Final = {
+    "iss": "issuer",
+    "issuer": "issuer",
+    "sub": "subject",
+    "subject": "subject",
+    "client_id": "client_id",
+    "client": "client_id",
+    "fingerprint": "fingerprint",
+    "fp": "fingerprint",
+}
+
+
+def _owner_condition(text: str) -> tuple[str, str]:
+    """One ``--owner`` value: ``KEY=VALUE`` (iss, sub, client_id or fingerprint) or ``none``."""
+    if text.strip().lower() == "none":
+        return ("none", "")
+    key, sep, value = text.partition("=")
+    field = _OWNER_KEYS.get(key.strip().lower())
+    if not sep or field is None or not value:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected KEY=VALUE with KEY iss, sub, client_id or fingerprint, or none"
+        )
+    return (field, value)
+
+
+@attrs.frozen
+class _OwnerFilter:
+    """Which owners ``--owner`` selects: every condition must hold (``none``: no owner)."""
+
+    conditions: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def of(cls, args: argparse.Namespace) -> _OwnerFilter | None:
+        conditions: list[tuple[str, str]] | None = getattr(args, "owner", None)
+        if not conditions:
+            return None
+        if ("none", "") in conditions and len(conditions) > 1:
+            raise _CliError(EXIT_USAGE, "--owner none selects sessions without an owner alone")
+        return cls(tuple(conditions))
+
+    def matches(self, owner: Principal | None) -> bool:
+        if self.conditions == (("none", ""),):
+            return owner is None
+        if owner is None:
+            return False
+        for field, value in self.conditions:
+            if field == "fingerprint":
+                if owner.fingerprint() != value.lower():
+                    return False
+            elif getattr(owner, field) != value:
+                return False
+        return True
+
+    def describe(self) -> str:
+        if self.conditions == (("none", ""),):
+            return "no owner"
+        return " ".join(f"{field}={value}" for field, value in self.conditions)
+
+
+def _owner_text(owner: Principal | None) -> str:
+    """``iss=... sub=... client_id=...`` (the fields it has), or ``-``."""
+    if owner is None:
+        return "-"
+    fields = (("iss", owner.issuer), ("sub", owner.subject), ("client_id", owner.client_id))
+    return " ".join(f"{key}={value}" for key, value in fields if value is not None)
+
+
+def _owner_json(owner: Principal | None) -> object:
+    if owner is None:
+        return None
+    return {**msgspec.to_builtins(owner), "fingerprint": owner.fingerprint()}
+
+
+def _select(items: list[ScannedRecord], owners: _OwnerFilter | None) -> list[ScannedRecord]:
+    return items if owners is None else [i for i in items if owners.matches(i.record.owner)]
+
+
 def _too_deep(item: ScannedRecord) -> ScanProblem:
     return ScanProblem(item.name, ProblemKind.CORRUPT, "record nested too deeply to show")
 
 
 def _inspect(args: argparse.Namespace) -> int:
     path: Path = args.dir
+    owners = _OwnerFilter.of(args)
     survey = _survey(path)
     now = time.time()
+    live, expired = _select(survey.live, owners), _select(survey.expired, owners)
     shown = sorted(
-        survey.live + (survey.expired if args.all else []),
-        key=lambda item: item.record.last_accessed_at,
+        live + (expired if args.all else []), key=lambda item: item.record.last_accessed_at
     )
     damaged = list(survey.damaged)
     if args.json:
@@ -376,6 +450,7 @@ def _inspect(args: argparse.Namespace) -> int:
                 "last_accessed_at": r.last_accessed_at,
                 "expires": r.expires,
                 "expired": r.expires <= now,
+                "owner": _owner_json(r.owner),
                 "payload": r.payload,
             }
             try:
@@ -388,7 +463,10 @@ def _inspect(args: argparse.Namespace) -> int:
     else:
         for line in _warnings(path, survey):
             _err(line)
-        _out(f"{'session id':<44} {'created':<19}  {'last access':<19}  {'expires':<19}  payload")
+        _out(
+            f"{'session id':<44} {'created':<19}  {'last access':<19}  {'expires':<19}  "
+            f"{'owner':<12}  payload"
+        )
         for item in shown:
             r = item.record
             try:
@@ -397,12 +475,14 @@ def _inspect(args: argparse.Namespace) -> int:
                 damaged.append(_too_deep(item))
                 continue
             flag = " (expired)" if r.expires <= now else ""
+            owner = "-" if r.owner is None else r.owner.fingerprint()
             _out(
                 f"{r.id:<44} {_when(r.created_at)}  {_when(r.last_accessed_at)}  "
-                f"{_when(r.expires)}  {summary}{flag}"
+                f"{_when(r.expires)}  {owner:<12}  {summary}{flag}"
             )
         _out(
-            f"{len(survey.live)} live, {len(survey.expired)} expired"
+            f"{len(live)} live, {len(expired)} expired"
+            + (f" (owner: {owners.describe()})" if owners is not None else "")
             + (f", {len(damaged)} unreadable" if damaged else "")
         )
     for problem in damaged:
@@ -429,19 +509,44 @@ def _stats(args: argparse.Namespace) -> int:
         "lock_problem": lock.problem,
         "folder_problem": survey.folder_problem,
     }
+    by_owner: dict[Principal, int] = {}
+    unowned = 0
+    for item in survey.live:
+        owner = item.record.owner
+        if owner is None:
+            unowned += 1
+        else:
+            by_owner[owner] = by_owner.get(owner, 0) + 1
+    counts["owners"] = len(by_owner)
+    counts["live_without_owner"] = unowned
+    ranked = sorted(by_owner.items(), key=lambda kv: (-kv[1], kv[0].fingerprint()))
+    if args.by_owner:
+        counts["by_owner"] = [{"live": n, "owner": _owner_json(p)} for p, n in ranked]
     if args.json:
         sys.stdout.write(_safe_json(counts) + "\n")
         return EXIT_OK
     for key, value in counts.items():
+        if key == "by_owner":
+            continue
         if key in ("oldest_access", "newest_access") and isinstance(value, float):
             value = _when(value)
         _out(f"{key.replace('_', ' ') + ':':<18}{'-' if value is None else value}")
+    if args.by_owner:
+        _out()
+        _out(f"{'live':>8}  {'fingerprint':<12}  owner")
+        for principal, n in ranked:
+            _out(f"{n:>8}  {principal.fingerprint():<12}  {_owner_text(principal)}")
+        if unowned:
+            _out(f"{unowned:>8}  {'-':<12}  (no owner)")
     return EXIT_OK
 
 
 def _purge(args: argparse.Namespace) -> int:
     path: Path = args.dir
+    owners = _OwnerFilter.of(args)
     survey = _survey(path)
+    if owners is not None:
+        return _revoke(path, survey, owners, dry_run=args.dry_run)
     if args.dry_run:
         for item in survey.expired:
             _out(f"would remove {item.record.id} (expired {_when(item.record.expires)})")
@@ -487,6 +592,92 @@ def _purge(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _revoke(path: Path, survey: _Survey, owners: _OwnerFilter, *, dry_run: bool) -> int:
+    """``purge --owner``: delete every live session of the selected owners (durably, under
+    the folder's lock, like a running engine would); expired ones go as in a plain purge."""
+    who = owners.describe()
+    if dry_run:
+        selected = _select(survey.live, owners)
+        for item in selected:
+            _out(f"would revoke {item.record.id} (owner {_owner_text(item.record.owner)})")
+        _out(
+            f"{_count(len(selected), 'live session')} of owner {who} would be revoked; "
+            f"{len(survey.live) - len(selected)} live kept"
+        )
+        return EXIT_OK
+
+    async def revoke() -> tuple[DirectoryStore, list[str], dict[str, Exception]]:
+        store = DirectoryStore(path)
+        await store.open()  # the lock: a running engine would write the sessions back
+        try:
+            decoder: RecordDecoder[object] = RecordDecoder()
+            records = await store.load_all(decoder.decode, time.time())
+            ids = sorted(r.id for r in records if owners.matches(r.owner))
+            failed = dict(await store.write(dict.fromkeys(ids))) if ids else {}
+        finally:
+            await store.aclose()
+        return store, ids, failed
+
+    try:
+        store, ids, failed = trio.run(revoke)
+    except StorageLockedError as exc:
+        raise _CliError(
+            EXIT_LOCKED,
+            f"{exc}; stop it first (its memory would write the sessions back), purge, start it "
+            "again: sessions survive the restart",
+        ) from None
+    except StorageError as exc:
+        raise _CliError(EXIT_ERROR, str(exc)) from None
+    for sid in ids:
+        if sid not in failed:
+            _out(f"revoked {sid}")
+    for sid, error in failed.items():
+        _err(f"could not revoke {sid}: {error}")
+    report = store.report
+    _out(
+        f"revoked {_count(len(ids) - len(failed), 'session')} of owner {who}; "
+        f"removed {_count(report.expired_removed, 'expired session')}; "
+        f"{_count(report.loaded - len(ids) + len(failed), 'live session')} kept"
+    )
+    for name, why in report.quarantined:
+        _out(f"quarantined {name}: {why}")
+    return EXIT_ERROR if failed else EXIT_OK
+
+
+def _token_command(args: argparse.Namespace) -> int:
+    try:
+        run_token(
+            args.dir,
+            subject=args.subject,
+            client_id=args.client_id or None,
+            issuer=args.issuer,
+            audience=args.audience,
+            scopes=args.scope,
+            lifetime=args.lifetime,
+            static=args.static,
+        )
+    except ImportError as exc:
+        raise _CliError(
+            EXIT_ERROR, f"needs PyJWT[crypto] ({exc.name}): pip install 'engine[auth]'"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise _CliError(EXIT_ERROR, str(exc)) from None
+    return EXIT_OK
+
+
+def _add_server_settings(parser: argparse.ArgumentParser) -> None:
+    """``--config`` and one flag per server and engine setting, each showing its default."""
+    parser.add_argument("--config", type=Path, default=None, help="TOML file (default: none)")
+    for setting in settings():
+        parser.add_argument(
+            setting.flag,
+            dest=setting.name,
+            default=None,
+            metavar="VALUE",
+            help=f"{setting.help} (default: {setting.default_text})",
+        )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m engine",
@@ -504,15 +695,7 @@ def _parser() -> argparse.ArgumentParser:
         "file (--config or ENGINE_CONFIG: [server] and [engine] tables), else defaults. "
         "SIGINT/SIGTERM: graceful shutdown with a final flush.",
     )
-    serve.add_argument("--config", type=Path, default=None, help="TOML file (default: none)")
-    for setting in settings():
-        serve.add_argument(
-            setting.flag,
-            dest=setting.name,
-            default=None,
-            metavar="VALUE",
-            help=f"{setting.help} (default: {setting.default_text})",
-        )
+    _add_server_settings(serve)
     serve.add_argument(
         "--log-level",
         default="info",
@@ -527,15 +710,7 @@ def _parser() -> argparse.ArgumentParser:
         "by engine.mcp.sdk.SdkSessions, on hypercorn's trio worker in one process. Settings as "
         "for serve; GET /healthz shows the adapter's counters. See docs/sdk.md.",
     )
-    example.add_argument("--config", type=Path, default=None, help="TOML file (default: none)")
-    for setting in settings():
-        example.add_argument(
-            setting.flag,
-            dest=setting.name,
-            default=None,
-            metavar="VALUE",
-            help=f"{setting.help} (default: {setting.default_text})",
-        )
+    _add_server_settings(example)
     example.add_argument(
         "--hibernate-after",
         type=float,
@@ -568,12 +743,48 @@ def _parser() -> argparse.ArgumentParser:
         )
         if name in ("inspect", "stats"):
             sub.add_argument("--json", action="store_true", help="machine-readable output")
+        if name in ("inspect", "purge"):
+            sub.add_argument(
+                "--owner",
+                action="append",
+                type=_owner_condition,
+                metavar="KEY=VALUE",
+                help="only sessions of this owner: iss=, sub=, client_id= or fingerprint= "
+                "(repeat to combine; 'none': sessions without an owner)"
+                + ("; purge revokes every live session it selects" if name == "purge" else ""),
+            )
+        if name == "stats":
+            sub.add_argument("--by-owner", action="store_true", help="live sessions of every owner")
         if name == "inspect":
             sub.add_argument("--all", action="store_true", help="include expired sessions")
         if name == "purge":
             sub.add_argument(
                 "--dry-run", action="store_true", help="list what would go; change nothing"
             )
+
+    token = commands.add_parser(
+        "token",
+        help="make a test key pair and a bearer token, to try authentication locally",
+        description="Print a bearer token on stdout (TOKEN=$(python -m engine token)) and the "
+        "serve command that accepts it on stderr. The test key pair (private.pem, jwks.json) "
+        "is kept in --dir and made on first use; --static makes an opaque token and adds its "
+        "sha256 to tokens.toml there instead. Test credentials for one machine: a deployment "
+        "takes its tokens from an authorization server.",
+    )
+    token.add_argument(
+        "--dir", type=Path, default=DEFAULT_TOKEN_DIR, help=f"folder (./{DEFAULT_TOKEN_DIR})"
+    )
+    token.add_argument("--subject", default="alice", help="the token's sub (alice)")
+    token.add_argument("--client-id", default="engine-cli", help="its client_id (engine-cli)")
+    token.add_argument("--issuer", default=DEFAULT_ISSUER, help=f"its iss ({DEFAULT_ISSUER})")
+    token.add_argument("--audience", default=DEFAULT_AUDIENCE, help=f"its aud ({DEFAULT_AUDIENCE})")
+    token.add_argument(
+        "--scope", action="append", default=[], help="a scope it carries (repeatable)"
+    )
+    token.add_argument("--lifetime", type=float, default=3600.0, help="seconds it is valid (3600)")
+    token.add_argument(
+        "--static", action="store_true", help="an opaque token listed in tokens.toml"
+    )
 
     demo = commands.add_parser(
         "demo",
@@ -607,6 +818,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _stats(args)
             if args.command == "purge":
                 return _purge(args)
+            if args.command == "token":
+                return _token_command(args)
             trio.run(run_demo, args.dir.resolve())
     except Exception as exc:  # nurseries wrap errors in groups: look at the one inside
         error = _single(exc)

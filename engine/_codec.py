@@ -15,6 +15,7 @@ from .storage import (
     FORMAT_VERSION,
     MAX_RECORD_BYTES,
     CorruptRecordError,
+    Principal,
     RecordDecoder,
     StoredSession,
 )
@@ -62,8 +63,8 @@ class Codec(Generic[P]):
 
     def encode_session(self, session_id: str, session: SessionState[P]) -> bytes:
         """Encode the record of *session_id* from *session* (a live
-        :class:`~engine._core.Entry`, or anything with a payload and the three timestamps). The
-        core's encoder: called once per persist."""
+        :class:`~engine._core.Entry`, or anything with a payload, the three timestamps and an
+        owner). The core's encoder: called once per persist."""
         return self._encoder.encode(
             StoredSession(
                 FORMAT_VERSION,
@@ -72,6 +73,7 @@ class Codec(Generic[P]):
                 session.last_accessed_at,
                 session.expires,
                 session.payload,
+                session.owner,
             )
         )
 
@@ -82,12 +84,13 @@ class Codec(Generic[P]):
         created_at: float,
         last_accessed_at: float,
         expires: float,
+        owner: Principal | None = None,
     ) -> bytes:
         """Encode a record from loose values (for tools, tests and benchmarks that build records
         without a session; the engine itself uses :meth:`encode_session`)."""
         return self._encoder.encode(
             StoredSession(
-                FORMAT_VERSION, session_id, created_at, last_accessed_at, expires, payload
+                FORMAT_VERSION, session_id, created_at, last_accessed_at, expires, payload, owner
             )
         )
 
@@ -142,5 +145,14 @@ _KEPT_TYPES: Final = (bytes, bytearray, memoryview)
 
 def _builtins(value: object) -> object:
     """*value* as plain Python values with bytes and dict keys kept as they are, so that two
-    payloads compare equal exactly when they encode and decode to the same thing."""
-    return msgspec.to_builtins(value, builtin_types=_KEPT_TYPES, str_keys=False)
+    payloads compare equal exactly when they encode and decode to the same thing. A
+    ``msgspec.Raw`` (JSON text kept as is) compares by its bytes."""
+    return msgspec.to_builtins(
+        value, builtin_types=_KEPT_TYPES, str_keys=False, enc_hook=_raw_bytes
+    )
+
+
+def _raw_bytes(value: object) -> object:
+    if isinstance(value, msgspec.Raw):
+        return bytes(value)
+    raise TypeError(f"Encoding objects of type {type(value).__qualname__} is unsupported")

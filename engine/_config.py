@@ -36,6 +36,7 @@ __all__ = [
     "env_values",
     "integer",
     "one_of",
+    "non_negative_seconds",
     "optional",
     "seconds",
     "structure_fields",
@@ -57,6 +58,14 @@ def seconds(instance: object, attribute: attrs.Attribute[Any], value: object) ->
         raise ConfigError(attribute.name, f"must be a number of seconds, got {value!r}")
     if not math.isfinite(value) or value <= 0:
         raise ConfigError(attribute.name, f"must be a finite number > 0, got {value!r}")
+
+
+def non_negative_seconds(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    """A duration that may be zero: a finite number of seconds >= 0 (int or float, not bool)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(attribute.name, f"must be a number of seconds, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(attribute.name, f"must be a finite number >= 0, got {value!r}")
 
 
 def integer(minimum: int, maximum: int | None = None) -> Validator:
@@ -202,8 +211,34 @@ class EngineConfig:
         validator=optional(integer(1)),
         metadata={HELP: "bound on live sessions ('none': no bound)"},
     )
-    """Bound on live sessions. At the bound, a create evicts the least recently accessed session
-    (deleted from memory and storage, counted as evicted). ``None``: no bound."""
+    """Bound on live sessions. At the bound, a create of a new id evicts the least recently
+    accessed session (deleted from memory and storage, counted as evicted) if it has been idle
+    for at least ``evict_idle_after`` seconds; otherwise the create raises
+    :class:`~engine.CapacityError` and changes nothing. ``None``: no bound."""
+
+    evict_idle_after: float = attrs.field(
+        default=600.0,
+        validator=non_negative_seconds,
+        metadata={
+            HELP: "at max_sessions, evict only sessions idle this many seconds (else refuse)"
+        },
+    )
+    """What "in active use" means at ``max_sessions``: a session accessed (created or touched)
+    within the last ``evict_idle_after`` seconds is never evicted to make room; a create that
+    would need to evict one is refused with :class:`~engine.CapacityError` instead, so a flood
+    of new sessions cannot log out the clients using the engine. ``0`` evicts the least
+    recently accessed session whatever its age. Stores that load on a miss (memory is a cache
+    of storage there) evict whatever the age: their evicted sessions stay in storage."""
+
+    max_sessions_per_owner: int | None = attrs.field(
+        default=None,
+        validator=optional(integer(1)),
+        metadata={HELP: "bound on one owner's live sessions ('none': no bound)"},
+    )
+    """Bound on the live sessions of one owner (a :class:`~engine.Principal`). At the bound,
+    the owner's next create of a new id is refused with :class:`~engine.OwnerLimitError`
+    (nothing is evicted); sessions without an owner are not counted. Lowering it never removes
+    sessions: creates are refused until the owner is under it. ``None``: no bound."""
 
     queue_size: int = attrs.field(
         default=1024,
@@ -381,6 +416,12 @@ def _literal(value: object, t: object) -> object:
     return value
 
 
+def _typed_bool(value: object, _: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected true or false, got {value!r}")
+    return value
+
+
 def _typed_strings(value: object, t: object) -> tuple[str, ...]:
     if isinstance(value, str):  # a comma-separated list, as in the environment
         return _text_strings(value, t)
@@ -427,6 +468,19 @@ def _text_optional_str(value: object, _: object) -> str | None:
     return None if text.strip().lower() in NONE_WORDS else text
 
 
+TRUE_WORDS: Final = frozenset({"true", "yes", "on", "1"})
+FALSE_WORDS: Final = frozenset({"false", "no", "off", "0"})
+
+
+def _text_bool(value: object, _: object) -> bool:
+    text = str(value).strip().lower()
+    if text in TRUE_WORDS:
+        return True
+    if text in FALSE_WORDS:
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
 def _text_strings(value: object, _: object) -> tuple[str, ...]:
     return tuple(item.strip() for item in str(value).split(",") if item.strip())
 
@@ -441,6 +495,7 @@ def _converter(
     optional_integer: Any,
     text: Any,
     optional_text: Any,
+    flag: Any,
     texts: Any,
     path: Any,
 ) -> cattrs.Converter:
@@ -451,6 +506,7 @@ def _converter(
     converter.register_structure_hook(str, text)
     converter.register_structure_hook(str | None, optional_text)
     converter.register_structure_hook_func(_is_literal, _literal)
+    converter.register_structure_hook(bool, flag)
     converter.register_structure_hook_func(lambda t: t == tuple[str, ...], texts)
     converter.register_structure_hook(Path | None, path)
     converter.register_unstructure_hook(Path, str)
@@ -464,12 +520,13 @@ TYPED: Final = _converter(
     _typed_optional_int,
     _typed_str,
     _typed_optional_str,
+    _typed_bool,
     _typed_strings,
     _typed_path,
 )
 """Converter for values that already have their type (mappings, TOML, JSON): numbers must be
-numbers (``ttl = "60"`` is refused), lists of strings (or one comma-separated string) become
-tuples, strings become paths."""
+numbers (``ttl = "60"`` is refused), booleans booleans, lists of strings (or one
+comma-separated string) become tuples, strings become paths."""
 
 TEXT: Final = _converter(
     _text_number,
@@ -477,10 +534,12 @@ TEXT: Final = _converter(
     _text_optional_int,
     _text_str,
     _text_optional_str,
+    _text_bool,
     _text_strings,
     _text_path,
 )
 """Converter for text (environment variables, flags): numbers are parsed, a comma-separated list
-becomes a tuple, ``none``/``null``/empty sets an optional setting to ``None``."""
+becomes a tuple, ``true``/``false`` (``yes``/``no``, ``on``/``off``, ``1``/``0``) a bool,
+``none``/``null``/empty sets an optional setting to ``None``."""
 
 attrs.resolve_types(EngineConfig)

@@ -22,7 +22,8 @@ from typing import Final, Generic, Protocol, TypeVar, final
 
 import msgspec
 
-from .storage import Put, PutKind, coalesce
+from ._errors import CapacityError, OwnerLimitError, SessionOwnedError
+from .storage import Principal, Put, PutKind, coalesce
 
 __all__ = [
     "HEAP_COMPACT_FACTOR",
@@ -30,6 +31,7 @@ __all__ = [
     "MAX_ABSENT",
     "Cause",
     "Entry",
+    "OwnerSlot",
     "SessionRecord",
     "SessionState",
     "SessionTable",
@@ -67,6 +69,9 @@ class SessionState(Protocol[P_co]):
 
     @property
     def expires(self) -> float: ...
+
+    @property
+    def owner(self) -> Principal | None: ...
 
 
 class SessionRecord(SessionState[P_co], Protocol[P_co]):
@@ -113,6 +118,20 @@ class Entry(msgspec.Struct, Generic[P], gc=False):
     """When the session was last written (or loaded, or created): the M trigger's clock."""
     touches: int = 0
     """Touches since the last persist: the N trigger's count."""
+    owner: Principal | None = None
+    """Who owns the session (the table's interned copy), or ``None``."""
+
+
+@final
+class OwnerSlot:
+    """One owner's live sessions: the interned principal every entry of that owner points to
+    (one object per owner, however many sessions it has) and how many there are."""
+
+    __slots__ = ("count", "principal")
+
+    def __init__(self, principal: Principal) -> None:
+        self.principal = principal
+        self.count = 0
 
 
 @final
@@ -123,7 +142,18 @@ class SessionTable(Generic[P]):
     kept and the outbox stays empty. *evict_to_storage*: at the bound, write a dirty session and
     keep it in storage instead of deleting it (for stores that load on a miss, where memory is a
     cache of storage). *delete_expired*: issue storage deletes for sessions that
-    expire (false for backends that expire keys themselves).
+    expire (false for backends that expire keys themselves). *max_sessions_per_owner*: refuse
+    a create that would give one owner more live sessions (sessions without an owner are not
+    counted). *evict_idle_after*: at the bound, only a session idle at least this long may be
+    evicted (deleted); a create that would need to evict a more recent one raises
+    :class:`~engine.CapacityError` (not with *evict_to_storage*, where eviction deletes
+    nothing).
+
+    Ownership: a session created with an owner answers only calls that pass an equal owner;
+    a session without one answers only calls without one. Any other call sees the id as
+    unknown (the same answer, by the same path, as an id that does not exist), counted in
+    :attr:`owner_mismatches`; a create that would replace it raises
+    :class:`~engine.SessionOwnedError`.
     """
 
     def __init__(
@@ -136,14 +166,18 @@ class SessionTable(Generic[P]):
         encode: Encoder[P] | None,
         delete_expired: bool = True,
         evict_to_storage: bool = False,
+        max_sessions_per_owner: int | None = None,
+        evict_idle_after: float = 0.0,
     ) -> None:
         self.ttl = ttl
         self.persist_requests = persist_requests
         self.persist_interval = persist_interval
         self.max_sessions = max_sessions
+        self.max_sessions_per_owner = max_sessions_per_owner
         self._encode = encode
         self._delete_expired = delete_expired and encode is not None
         self._evict_to_storage = evict_to_storage
+        self._evict_idle_after = 0.0 if evict_to_storage else evict_idle_after
         self.sessions: dict[str, Entry[P]] = {}
         self.dirty: dict[str, None] = {}
         """Ids touched since their last persist, oldest first (an ordered set)."""
@@ -157,7 +191,15 @@ class SessionTable(Generic[P]):
         self.persists: dict[Cause, int] = dict.fromkeys(Cause, 0)
         self.expired = 0
         self.evicted = 0
+        self.refused = 0
+        """Creates refused at the bound (:class:`~engine.CapacityError`)."""
         self.encode_errors = 0
+        self.owners: dict[Principal, OwnerSlot] = {}
+        """Live sessions per owner (owners with none are removed)."""
+        self.owner_mismatches = 0
+        """Calls that named a live session of another owner (answered as unknown)."""
+        self.owner_refusals = 0
+        """Creates refused by ``max_sessions_per_owner``."""
         self.dropped = 0
         """Sessions dropped from memory because shared storage changed them elsewhere."""
         self.absent: dict[str, float] = {}
@@ -168,21 +210,46 @@ class SessionTable(Generic[P]):
 
     # -- requests -----------------------------------------------------------------------------
 
-    def create(self, session_id: str, payload: P, now: float) -> None:
-        """Create *session_id*, replacing a live session of that id. Writes it at once."""
+    def create(
+        self, session_id: str, payload: P, now: float, owner: Principal | None = None
+    ) -> None:
+        """Create *session_id* owned by *owner*, replacing a live session of that id and
+        owner. Writes it at once. Raises :class:`~engine.SessionOwnedError` (nothing changes)
+        if the id is live with another owner, :class:`~engine.OwnerLimitError` (nothing
+        changes) if *owner* already has ``max_sessions_per_owner`` live sessions,
+        :class:`~engine.CapacityError` (nothing changes) if the table is at ``max_sessions`` and
+        only sessions used within ``evict_idle_after`` could make room."""
         self.applied += 1
-        if self._live(session_id, now) is None:
-            self._make_room(now)
+        live = self._live(session_id, now)
+        if live is None:
+            if owner is not None and self.max_sessions_per_owner is not None:
+                self._check_owner_room(owner, now)
+            wait = self._make_room(now)
+            if wait is not None:
+                self.refused += 1
+                raise CapacityError(
+                    f"{len(self.sessions)} sessions, the most allowed (max_sessions), all used "
+                    f"within the last {self._evict_idle_after:g} s (evict_idle_after): "
+                    "a new session is refused rather than evicting one in use",
+                    retry_after=wait,
+                )
+        elif live.owner is not owner and live.owner != owner:
+            self.owner_mismatches += 1
+            raise SessionOwnedError(
+                f"session {session_id!r} is live with another owner; a create does not replace it"
+            )
         if self.absent:
             self.absent.pop(session_id, None)
-        self._insert(session_id, Entry(payload, now, now, now + self.ttl, now))
+        self._insert(session_id, Entry(payload, now, now, now + self.ttl, now, 0, owner))
         self._persist(session_id, Cause.CREATE, now)
 
-    def replace(self, session_id: str, payload: P, now: float) -> bool:
-        """Give a live session a new payload (and touch it), written at once. Returns False,
-        changing nothing, for an unknown or expired id."""
+    def replace(
+        self, session_id: str, payload: P, now: float, owner: Principal | None = None
+    ) -> bool:
+        """Give a live session of *owner* a new payload (and touch it), written at once.
+        Returns False, changing nothing, for an unknown or expired id, or another owner's."""
         self.applied += 1
-        entry = self._live(session_id, now)
+        entry = self._owned(session_id, now, owner)
         if entry is None:
             return False
         entry.payload = payload
@@ -191,38 +258,47 @@ class SessionTable(Generic[P]):
         self._persist(session_id, Cause.REPLACE, now)
         return True
 
-    def get(self, session_id: str, now: float) -> P | None:
-        """The payload of a live session, else ``None``. Does not extend the TTL."""
+    def get(self, session_id: str, now: float, owner: Principal | None = None) -> P | None:
+        """The payload of a live session of *owner*, else ``None``. Does not extend the
+        TTL."""
         self.applied += 1
-        entry = self._live(session_id, now)
+        entry = self._owned(session_id, now, owner)
         return None if entry is None else entry.payload
 
-    def touch(self, session_id: str, now: float) -> bool:
+    def touch(self, session_id: str, now: float, owner: Principal | None = None) -> bool:
         """Extend a live session's TTL and count the touch toward its persist trigger. Returns
-        False (and changes nothing) for an unknown or expired id."""
+        False (and changes nothing) for an unknown or expired id, or another owner's."""
         self.applied += 1
-        return self._touch(session_id, now) is not None
+        return self._touch(session_id, now, owner) is not None
 
-    def get_and_touch(self, session_id: str, now: float) -> P | None:
-        """:meth:`touch`, returning the payload (``None`` if unknown or expired)."""
+    def get_and_touch(
+        self, session_id: str, now: float, owner: Principal | None = None
+    ) -> P | None:
+        """:meth:`touch`, returning the payload (``None`` if unknown, expired or another
+        owner's)."""
         self.applied += 1
-        entry = self._touch(session_id, now)
+        entry = self._touch(session_id, now, owner)
         return None if entry is None else entry.payload
 
-    def entry(self, session_id: str, now: float) -> Entry[P] | None:
-        """The live entry of *session_id* (read only), else ``None``."""
+    def entry(self, session_id: str, now: float, owner: Principal | None = None) -> Entry[P] | None:
+        """The live entry of *session_id* (read only) if *owner* owns it, else ``None``."""
         self.applied += 1
-        return self._live(session_id, now)
+        return self._owned(session_id, now, owner)
 
-    def delete(self, session_id: str, now: float) -> bool:
-        """Remove a session from memory and storage. True if it was live."""
+    def delete(self, session_id: str, now: float, owner: Principal | None = None) -> bool:
+        """Remove a session of *owner* from memory and storage. True if it was live (and
+        *owner*'s); another owner's session is left as it is."""
         self.applied += 1
-        live = self._live(session_id, now) is not None
+        live = self._owned(session_id, now, owner) is not None
         if live:
             self._remove(session_id)
             if self._encode is not None:
                 self.outbox[session_id] = None
         return live
+
+    def owner_counts(self) -> dict[Principal, int]:
+        """Live sessions per owner (sessions without an owner are not counted)."""
+        return {principal: slot.count for principal, slot in self.owners.items()}
 
     # -- loading ------------------------------------------------------------------------------
 
@@ -233,7 +309,11 @@ class SessionTable(Generic[P]):
         *expires*: the session's expiry in storage, when the store keeps one apart from the
         record (a shared store extends a key's expiry on touches without rewriting its value):
         if later than the record's own, the session expires then, and was last accessed one
-        ``ttl`` before it (or at the record's time, if later)."""
+        ``ttl`` before it (or at the record's time, if later).
+
+        At the bound it evicts like a create; if every live session was used within
+        ``evict_idle_after``, the record is loaded over the bound all the same (a restart never
+        logs out a session in use; creates are refused until the table is back under it)."""
         session_id = record.id
         if self.absent:
             self.absent.pop(session_id, None)
@@ -245,7 +325,15 @@ class SessionTable(Generic[P]):
         if expires <= now or session_id in self.sessions:
             return False
         self._make_room(now)
-        entry = Entry(record.payload, record.created_at, last_accessed_at, expires, now)
+        entry = Entry(
+            record.payload,
+            record.created_at,
+            last_accessed_at,
+            expires,
+            now,
+            0,
+            record.owner,
+        )
         self._insert(session_id, entry)
         return True
 
@@ -300,6 +388,7 @@ class SessionTable(Generic[P]):
         self.persist_dirty(len(self.dirty), Cause.FLUSH, now)
         count = len(self.sessions)
         self.sessions.clear()
+        self.owners.clear()
         self._heap.clear()
         self.absent.clear()
         self.dropped += count
@@ -355,6 +444,17 @@ class SessionTable(Generic[P]):
     # -- internals ----------------------------------------------------------------------------
 
     def _insert(self, session_id: str, entry: Entry[P]) -> None:
+        owner = entry.owner
+        if owner is not None:  # intern: every session of one owner points to one principal
+            slot = self.owners.get(owner)
+            if slot is None:
+                slot = self.owners[owner] = OwnerSlot(owner)
+            else:
+                entry.owner = slot.principal
+            slot.count += 1
+        old = self.sessions.get(session_id)  # a create replacing a live session
+        if old is not None and old.owner is not None:
+            self._release_owner(old.owner)
         self.sessions[session_id] = entry
         heapq.heappush(self._heap, (entry.expires, session_id))
         if len(self._heap) > HEAP_COMPACT_FACTOR * len(self.sessions) + HEAP_COMPACT_SLACK:
@@ -372,9 +472,23 @@ class SessionTable(Generic[P]):
             return None
         return entry
 
-    def _touch(self, session_id: str, now: float) -> Entry[P] | None:
+    def _owned(self, session_id: str, now: float, owner: Principal | None) -> Entry[P] | None:
         entry = self._live(session_id, now)
+        if entry is not None and entry.owner is not owner and entry.owner != owner:
+            self.owner_mismatches += 1
+            return None
+        return entry
+
+    def _touch(self, session_id: str, now: float, owner: Principal | None) -> Entry[P] | None:
+        # The request path: _owned and _live inlined.
+        entry = self.sessions.get(session_id)
         if entry is None:
+            return None
+        if entry.expires <= now:
+            self._expire(session_id)
+            return None
+        if entry.owner is not owner and entry.owner != owner:
+            self.owner_mismatches += 1
             return None
         entry.last_accessed_at = now
         entry.expires = now + self.ttl
@@ -409,8 +523,34 @@ class SessionTable(Generic[P]):
         self.persists[cause] += 1
 
     def _remove(self, session_id: str) -> None:
-        del self.sessions[session_id]
+        owner = self.sessions.pop(session_id).owner
         self.dirty.pop(session_id, None)
+        if owner is not None:
+            self._release_owner(owner)
+
+    def _release_owner(self, owner: Principal) -> None:
+        slot = self.owners[owner]
+        slot.count -= 1
+        if slot.count == 0:
+            del self.owners[owner]
+
+    def _check_owner_room(self, owner: Principal, now: float) -> None:
+        """Raise :class:`~engine.OwnerLimitError` if *owner* has ``max_sessions_per_owner``
+        live sessions (due sessions are expired first, so they do not count)."""
+        bound = self.max_sessions_per_owner
+        assert bound is not None
+        slot = self.owners.get(owner)
+        if slot is None or slot.count < bound:
+            return
+        self.expire(now, len(self._heap))
+        slot = self.owners.get(owner)
+        if slot is None or slot.count < bound:
+            return
+        self.owner_refusals += 1
+        raise OwnerLimitError(
+            f"the owner has {slot.count} live sessions, the max_sessions_per_owner bound: "
+            "delete one or wait for one to expire"
+        )
 
     def _expire(self, session_id: str) -> None:
         self._remove(session_id)
@@ -418,10 +558,12 @@ class SessionTable(Generic[P]):
         if self._delete_expired:
             self.outbox[session_id] = None
 
-    def _make_room(self, now: float) -> None:
-        """At the bound, evict the least recently accessed session (the earliest expiry)."""
+    def _make_room(self, now: float) -> float | None:
+        """At the bound, evict the least recently accessed session (the earliest expiry) if it
+        has been idle at least ``evict_idle_after``. Returns ``None`` when there is room, else
+        the seconds until the least recently accessed session may be evicted or expires."""
         if self.max_sessions is None or len(self.sessions) < self.max_sessions:
-            return
+            return None
         self.expire(now, len(self._heap))  # due sessions go first, as expired
         heap = self._heap
         while len(self.sessions) >= self.max_sessions and heap:
@@ -432,6 +574,10 @@ class SessionTable(Generic[P]):
             if entry.expires > pushed:
                 heapq.heappush(heap, (entry.expires, session_id))
                 continue
+            evictable_at = entry.last_accessed_at + self._evict_idle_after
+            if self._evict_idle_after and evictable_at > now:  # in use: so are all the others
+                heapq.heappush(heap, (pushed, session_id))
+                return min(evictable_at, entry.expires) - now
             if self._evict_to_storage:
                 if session_id in self.dirty:
                     self._persist(session_id, Cause.FLUSH, now)
@@ -439,3 +585,4 @@ class SessionTable(Generic[P]):
                 self.outbox[session_id] = None
             self._remove(session_id)
             self.evicted += 1
+        return None

@@ -16,6 +16,7 @@ from ._calls import CREATE, DELETE, FLUSH, GET, GET_AND_TOUCH, INFO, REPLACE, TO
 from ._config import EngineConfig
 from ._errors import InvalidSessionIdError, PayloadError
 from ._ids import validate_session_id
+from .storage import Principal
 
 if TYPE_CHECKING:
     from ._actor import Actor
@@ -40,6 +41,8 @@ class SessionInfo(Generic[P]):
     """Last create or touch."""
     expires: float
     """When the session expires unless touched again (``last_accessed_at + ttl``)."""
+    owner: Principal | None = None
+    """Who owns the session (``None``: no owner)."""
 
 
 @final
@@ -58,6 +61,9 @@ class Statistics:
     """Sessions removed because their TTL ran out."""
     evicted: int
     """Sessions removed to stay within ``max_sessions``."""
+    refused: int = 0
+    """Creates refused at ``max_sessions`` (:class:`~engine.CapacityError`): every session
+    was in use (accessed within ``evict_idle_after``)."""
     storage_writes: int
     """Storage operations (puts and deletes) that completed."""
     storage_errors: int
@@ -69,6 +75,13 @@ class Statistics:
     """Most requests the actor found queued at one wake-up."""
     requests: int
     """Requests applied by the actor."""
+    owners: int = 0
+    """Distinct owners with live sessions (:meth:`Engine.sessions_by_owner` lists them)."""
+    owner_mismatches: int = 0
+    """Calls that named a live session of another owner, answered as if the id were unknown
+    (and creates refused with :class:`~engine.SessionOwnedError`)."""
+    owner_refusals: int = 0
+    """Creates refused with :class:`~engine.OwnerLimitError` (``max_sessions_per_owner``)."""
     dropped: int = 0
     """Sessions dropped from memory because a shared store changed them elsewhere (deleted by
     another engine, gone from the store, a dropped invalidation subscription)."""
@@ -91,6 +104,14 @@ class Engine(Generic[P]):
     ``Cancelled`` before the actor applied the request, the request has no effect. ``create``
     and ``delete`` also wait for their write to be durable; a cancel during that wait leaves the
     change applied in memory and its write continuing.
+
+    Ownership: ``create(..., owner=principal)`` makes a session that only answers calls passing
+    an equal ``owner=``; a session created without an owner only answers calls without one.
+    To any other caller the session does not exist: ``get``/``get_and_touch``/``info`` return
+    ``None``, ``touch``/``delete`` return False, nothing changes (no read, no extension, no
+    delete), by the same code path as an unknown id, counted in
+    :attr:`Statistics.owner_mismatches`. A ``create`` naming such a live id raises
+    :class:`~engine.SessionOwnedError` instead of replacing it.
     """
 
     def __init__(self, actor: Actor[P]) -> None:
@@ -103,18 +124,25 @@ class Engine(Generic[P]):
     # checkpoint, also when it raises; if it raises Cancelled before the actor applied it, it had
     # no effect; after close (or while closing) it raises EngineClosedError.
 
-    async def create(self, session_id: str, payload: P) -> None:
-        """Create a session (replacing a live session of the same id) that expires
-        ``config.ttl`` seconds from now unless touched.
+    async def create(self, session_id: str, payload: P, *, owner: Principal | None = None) -> None:
+        """Create a session owned by *owner* (replacing a live session of the same id and
+        owner) that expires ``config.ttl`` seconds from now unless touched. The owner is stored
+        in the record and survives restarts.
 
         With storage, returns once the record is durable. Raises :class:`~engine.PayloadError`
         if *payload* is not a valid ``payload_type`` (nothing is applied);
+        :class:`~engine.SessionOwnedError` if the id is live with another owner, and
+        :class:`~engine.OwnerLimitError` if *owner* already has ``max_sessions_per_owner``
+        live sessions (nothing is applied or evicted);
+        :class:`~engine.CapacityError` if the engine holds ``max_sessions`` sessions and none
+        has been idle for ``evict_idle_after`` (nothing is applied; its ``retry_after`` says
+        when one may be);
         :class:`~engine.StorageError` if the write failed (the session is live in memory and the
         write is retried). On a shared store (Redis) a create never replaces: it raises
         :class:`~engine.storage.SessionExistsError` if the store holds that id (nothing is
-        changed). Checkpoint. Cancel-safe until applied; cancelled while waiting for
-        durability, the session stays created and its write continues. After close:
-        :class:`~engine.EngineClosedError`.
+        changed; use :meth:`replace`). Checkpoint. Cancel-safe until applied; cancelled while
+        waiting for durability, the session stays created and its write continues. After
+        close: :class:`~engine.EngineClosedError`.
         """
         try:
             validate_session_id(session_id)
@@ -122,14 +150,14 @@ class Engine(Generic[P]):
         except (InvalidSessionIdError, PayloadError):
             await trio.lowlevel.checkpoint()
             raise
-        await request(self._send, CREATE, session_id, checked)
+        await request(self._send, CREATE, session_id, checked, owner)
 
-    async def replace(self, session_id: str, payload: P) -> bool:
-        """Give a live session a new payload (and extend its TTL, as a touch does); returns
-        False, changing nothing, for an unknown or expired id. Unlike :meth:`create` it never
-        makes a session: on a shared store (Redis) it rewrites the stored record only if it is
-        still there (False if another engine deleted it meanwhile), and other engines drop
-        their cached copy.
+    async def replace(self, session_id: str, payload: P, *, owner: Principal | None = None) -> bool:
+        """Give a live session of *owner* a new payload (and extend its TTL, as a touch does);
+        returns False, changing nothing, for an unknown or expired id or another owner's.
+        Unlike :meth:`create` it never makes a session: on a shared store (Redis) it rewrites
+        the stored record only if it is still there (False if another engine deleted it
+        meanwhile), and other engines drop their cached copy.
 
         With storage, returns once the record is durable. Raises :class:`~engine.PayloadError`
         if *payload* is not a valid ``payload_type`` (nothing is applied);
@@ -144,39 +172,46 @@ class Engine(Generic[P]):
         except (InvalidSessionIdError, PayloadError):
             await trio.lowlevel.checkpoint()
             raise
-        return cast(bool, await request(self._send, REPLACE, session_id, checked))
+        return cast(bool, await request(self._send, REPLACE, session_id, checked, owner))
 
-    async def get(self, session_id: str) -> P | None:
-        """The payload of a live session, or ``None`` if it is unknown or expired. Does not
-        extend the TTL. Returns the engine's own payload object: treat it as immutable (use
-        frozen classes). Checkpoint; cancel-safe; after close :class:`~engine.EngineClosedError`."""
-        return cast("P | None", await request(self._send, GET, session_id))
-
-    async def touch(self, session_id: str) -> bool:
-        """Extend a live session's TTL (sliding) and count toward its persist trigger. Returns
-        False, leaving no trace, for an unknown or expired id. Checkpoint; cancel-safe; after
-        close :class:`~engine.EngineClosedError`."""
-        return cast(bool, await request(self._send, TOUCH, session_id))
-
-    async def get_and_touch(self, session_id: str) -> P | None:
-        """:meth:`touch` and :meth:`get` in one round trip to the actor: the per-request path.
-        Returns ``None`` for an unknown or expired id. Checkpoint; cancel-safe; after close
+    async def get(self, session_id: str, *, owner: Principal | None = None) -> P | None:
+        """The payload of a live session of *owner*, or ``None`` if it is unknown, expired or
+        not *owner*'s. Does not extend the TTL. Returns the engine's own payload object: treat
+        it as immutable (use frozen classes). Checkpoint; cancel-safe; after close
         :class:`~engine.EngineClosedError`."""
-        return cast("P | None", await request(self._send, GET_AND_TOUCH, session_id))
+        return cast("P | None", await request(self._send, GET, session_id, None, owner))
 
-    async def delete(self, session_id: str) -> bool:
-        """Remove a session from memory and storage; True if it was live (on a shared store, as
-        this engine knew it: another may have deleted it a moment before). With storage, returns
-        once the delete is durable (raises :class:`~engine.StorageError` if it failed; the
-        session is gone from memory and the delete is retried). Checkpoint. Cancel-safe until
-        applied; cancelled while waiting for durability, the delete stands and its write
-        continues. After close :class:`~engine.EngineClosedError`."""
-        return cast(bool, await request(self._send, DELETE, session_id))
-
-    async def info(self, session_id: str) -> SessionInfo[P] | None:
-        """Payload and timestamps of a live session, else ``None``. Does not extend the TTL.
+    async def touch(self, session_id: str, *, owner: Principal | None = None) -> bool:
+        """Extend a live session's TTL (sliding) and count toward its persist trigger. Returns
+        False, leaving no trace, for an unknown or expired id or one that is not *owner*'s.
         Checkpoint; cancel-safe; after close :class:`~engine.EngineClosedError`."""
-        return cast("SessionInfo[P] | None", await request(self._send, INFO, session_id))
+        return cast(bool, await request(self._send, TOUCH, session_id, None, owner))
+
+    async def get_and_touch(self, session_id: str, *, owner: Principal | None = None) -> P | None:
+        """:meth:`touch` and :meth:`get` in one round trip to the actor: the per-request path.
+        Returns ``None`` for an unknown or expired id, or one that is not *owner*'s.
+        Checkpoint; cancel-safe; after close :class:`~engine.EngineClosedError`."""
+        return cast("P | None", await request(self._send, GET_AND_TOUCH, session_id, None, owner))
+
+    async def delete(self, session_id: str, *, owner: Principal | None = None) -> bool:
+        """Remove a session of *owner* from memory and storage; True if it was live and
+        *owner*'s (another owner's session is left alone: False; on a shared store, live as
+        this engine knew it: another may have deleted it a moment before). With storage,
+        returns once the delete is durable (raises :class:`~engine.StorageError` if it failed;
+        the session is gone from memory and the delete is retried). Checkpoint. Cancel-safe
+        until applied; cancelled while waiting for durability, the delete stands and its write
+        continues. After close :class:`~engine.EngineClosedError`."""
+        return cast(bool, await request(self._send, DELETE, session_id, None, owner))
+
+    async def info(
+        self, session_id: str, *, owner: Principal | None = None
+    ) -> SessionInfo[P] | None:
+        """Payload, timestamps and owner of a live session of *owner*, else ``None``. Does not
+        extend the TTL. Checkpoint; cancel-safe; after close
+        :class:`~engine.EngineClosedError`."""
+        return cast(
+            "SessionInfo[P] | None", await request(self._send, INFO, session_id, None, owner)
+        )
 
     async def flush(self) -> None:
         """Persist every dirty session and wait until everything applied before this call is
@@ -188,3 +223,11 @@ class Engine(Generic[P]):
     def statistics(self) -> Statistics:
         """A snapshot of the engine's counters. Not a checkpoint; works after close."""
         return self._actor.statistics()
+
+    def sessions_by_owner(self, limit: int | None = None) -> list[tuple[Principal, int]]:
+        """The owners with live sessions in memory and how many each has, most first: the
+        *limit* largest (all if ``None``; O(owners) either way). Sessions without an owner are
+        not listed (``statistics().live_sessions`` minus the sum is their number). On a store
+        that loads on a miss this counts the sessions this engine holds in memory. Not a
+        checkpoint; works after close."""
+        return self._actor.sessions_by_owner(limit)

@@ -2,7 +2,8 @@
 
 Every error the engine raises on purpose derives from :class:`EngineError`, and each also
 derives from the builtin family a caller would naturally catch (``ValueError`` for bad input,
-``trio.ClosedResourceError`` for use after close, ``OSError`` for storage trouble).
+``trio.ClosedResourceError`` for use after close, ``OSError`` for storage trouble,
+``RuntimeError`` for a create refused at ``max_sessions``).
 """
 
 from __future__ import annotations
@@ -12,13 +13,16 @@ from typing import final
 import trio
 
 __all__ = [
+    "CapacityError",
     "ConfigError",
     "EngineClosedError",
     "EngineError",
     "InvalidSessionIdError",
+    "OwnerLimitError",
     "PayloadError",
     "SessionExistsError",
     "SessionGoneError",
+    "SessionOwnedError",
     "StorageError",
     "StorageLockedError",
     "StorageResetError",
@@ -41,6 +45,20 @@ class PayloadError(EngineError, TypeError):
 
 
 @final
+class SessionOwnedError(EngineError, ValueError):
+    """A create named a live session that another principal owns (or that has an owner, for a
+    create without one, or none, for a create with one): nothing is replaced. Only a create
+    can tell this; every other call answers such an id as unknown."""
+
+
+@final
+class OwnerLimitError(EngineError, RuntimeError):
+    """A create would give its owner more live sessions than ``max_sessions_per_owner``:
+    refused, nothing is created and nothing evicted. The owner can delete a session, or wait
+    for one to expire."""
+
+
+@final
 class ConfigError(EngineError, ValueError):
     """A configuration value is invalid. The message names the field."""
 
@@ -48,6 +66,20 @@ class ConfigError(EngineError, ValueError):
         super().__init__(f"{field}: {message}")
         self.field = field
         """Name of the offending :class:`~engine.EngineConfig` field."""
+
+
+@final
+class CapacityError(EngineError, RuntimeError):
+    """A create of a new session was refused: the engine holds ``max_sessions`` sessions and
+    none of them has been idle for ``evict_idle_after`` seconds, so none may be evicted
+    (evicting a session in active use would log its client out). Nothing was applied; try
+    again later."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        """Seconds until a session may be evicted or expires (if nothing is touched meanwhile):
+        the earliest moment a create can succeed without a delete."""
 
 
 @final

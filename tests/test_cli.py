@@ -17,7 +17,7 @@ import msgspec
 import pytest
 import trio
 
-from engine import DirectoryStore, EngineConfig, StorageLockedError, open_engine
+from engine import DirectoryStore, EngineConfig, Principal, StorageLockedError, open_engine
 from engine._cli import EXIT_LOCKED, EXIT_MISSING, EXIT_NOT_A_STORE, main
 from engine.mcp._session import McpSession, connection_from_query
 from engine.storage import FORMAT_VERSION, StoredSession
@@ -389,3 +389,122 @@ def test_serve_names_a_storage_folder_it_refuses(tmp_path: Path, case: str) -> N
     assert proc.returncode == 1
     assert expected in proc.stderr
     assert "cannot listen" not in proc.stderr
+
+
+# -- owners (issue 13) --------------------------------------------------------------------------
+
+ALICE = Principal(issuer="https://idp.example", subject="alice", client_id="app")
+ALICE_PHONE = Principal(issuer="https://idp.example", subject="alice", client_id="phone")
+BOB = Principal(issuer="https://idp.example", subject="bob", client_id="app")
+
+
+@pytest.fixture
+def owned(tmp_path: Path) -> Path:
+    """Sessions of Alice (two clients), Bob and nobody, written by a real engine."""
+    path = tmp_path / "sessions"
+
+    async def fill() -> None:
+        async with open_engine(EngineConfig(storage_dir=path), payload_type=McpSession) as engine:
+            payload = McpSession(protocol_version="2025-06-18", client_name="c")
+            for sid, owner in (
+                ("a1", ALICE),
+                ("a2", ALICE),
+                ("a3", ALICE_PHONE),
+                ("b1", BOB),
+                ("n1", None),
+            ):
+                await engine.create(sid, payload, owner=owner)
+
+    trio.run(fill)
+    return path
+
+
+def test_inspect_and_stats_by_owner(owned: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["inspect", str(owned), "--owner", "sub=alice"]) == 0
+    out = capsys.readouterr().out
+    assert all(sid in out for sid in ("a1", "a2", "a3"))
+    assert "b1" not in out and "n1" not in out
+    assert ALICE.fingerprint() in out and ALICE_PHONE.fingerprint() in out
+    assert "3 live, 0 expired (owner: subject=alice)" in out
+
+    assert main(["inspect", str(owned), "--owner", "sub=alice", "--owner", "client_id=app"]) == 0
+    out = capsys.readouterr().out
+    assert "a1" in out and "a2" in out and "a3" not in out
+
+    assert main(["inspect", str(owned), "--owner", f"fingerprint={BOB.fingerprint()}"]) == 0
+    assert "1 live" in capsys.readouterr().out
+    assert main(["inspect", str(owned), "--owner", "none", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["id"], r["owner"]) for r in rows] == [("n1", None)]
+    assert main(["inspect", str(owned), "--json"]) == 0
+    by_id = {r["id"]: r for r in json.loads(capsys.readouterr().out)}
+    assert by_id["b1"]["owner"] == {
+        "iss": "https://idp.example",
+        "sub": "bob",
+        "client_id": "app",
+        "fingerprint": BOB.fingerprint(),
+    }
+
+    assert main(["stats", str(owned), "--by-owner", "--json"]) == 0
+    counts = json.loads(capsys.readouterr().out)
+    assert (counts["owners"], counts["live_without_owner"]) == (3, 1)
+    first = counts["by_owner"][0]
+    owner = first["owner"]
+    assert (first["live"], owner["sub"], owner["client_id"]) == (2, "alice", "app")
+    assert sorted(row["live"] for row in counts["by_owner"]) == [1, 1, 2]
+    assert main(["stats", str(owned), "--by-owner"]) == 0
+    out = capsys.readouterr().out
+    assert f"       2  {ALICE.fingerprint()}  iss=https://idp.example sub=alice" in out
+    assert "(no owner)" in out
+    assert main(["stats", str(owned)]) == 0
+    assert "owners:" in capsys.readouterr().out
+
+
+def test_purge_owner_revokes_every_session_of_a_principal(
+    owned: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = sorted(os.listdir(owned))
+    assert main(["purge", str(owned), "--owner", "sub=alice", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "would revoke a1" in out and "would revoke a3" in out and "b1" not in out
+    assert "3 live sessions of owner subject=alice would be revoked; 2 live kept" in out
+    assert sorted(os.listdir(owned)) == before
+
+    assert main(["purge", str(owned), "--owner", "sub=alice"]) == 0
+    out = capsys.readouterr().out
+    assert "revoked 3 sessions of owner subject=alice" in out
+    assert "2 live sessions kept" in out
+    remaining = {p.name for p in owned.glob("*.session")}
+    assert remaining == {"b1.session", "n1.session"}
+
+    async def check() -> None:  # and an engine opened afterwards agrees
+        async with open_engine(EngineConfig(storage_dir=owned), payload_type=McpSession) as e:
+            assert await e.get("a1", owner=ALICE) is None
+            assert await e.get("b1", owner=BOB) is not None
+            assert e.sessions_by_owner() == [(BOB, 1)]
+
+    trio.run(check)
+    assert main(["purge", str(owned), "--owner", "none"]) == 0
+    assert "revoked 1 session of owner no owner" in capsys.readouterr().out
+    assert {p.name for p in owned.glob("*.session")} == {"b1.session"}
+
+
+def test_purge_owner_refuses_a_folder_held_by_a_running_engine(
+    held: tuple[Path, int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, _ = held
+    before = sorted(os.listdir(path))
+    assert main(["purge", str(path), "--owner", "sub=alice"]) == EXIT_LOCKED
+    assert "stop it first" in capsys.readouterr().err
+    assert sorted(os.listdir(path)) == before
+
+
+@pytest.mark.parametrize("owner", ["alice", "name=alice", "sub=", "=x"])
+def test_a_bad_owner_selector_is_a_usage_error(
+    owned: Path, owner: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["inspect", str(owned), "--owner", owner])
+    assert exit_.value.code == 2
+    assert "expected KEY=VALUE" in capsys.readouterr().err
+    assert main(["purge", str(owned), "--owner", "none", "--owner", "sub=a"]) == 2

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from engine import CapacityError
 from engine._codec import Codec
 from engine._core import Cause, SessionTable
 from engine.mcp._payload import ConnectionConfig
@@ -154,6 +155,40 @@ def test_max_sessions_evicts_least_recently_accessed() -> None:
     # Replacing a live id at the bound evicts nothing.
     t.create("s3", P, 7.0)
     assert t.evicted == 1 and len(t.sessions) == 3
+
+
+def test_at_the_bound_a_session_in_use_is_never_evicted() -> None:
+    """Issue 9, item 7: with ``evict_idle_after``, a create at the bound that could only make
+    room by evicting a session accessed within that time raises CapacityError and changes
+    nothing (table, outbox, heap); idle sessions are evicted as before; expired ones first."""
+    t = table(max_sessions=3, evict_idle_after=30.0)
+    for i in range(3):
+        t.create(f"s{i}", P, float(i))
+    t.take_outbox()
+    before = (dict(t.sessions), sorted(t._heap), dict(t.dirty))
+    with pytest.raises(CapacityError) as caught:
+        t.create("flood", P, 10.0)
+    assert caught.value.retry_after == 20.0  # s0, accessed at 0, may go at 30
+    assert (dict(t.sessions), sorted(t._heap), dict(t.dirty)) == before
+    assert t.outbox == {} and t.refused == 1 and t.evicted == 0
+    t.touch("s0", 29.0)  # s0 in use again: s1 is the least recently accessed
+    t.create("new", P, 31.0)
+    assert sorted(t.sessions) == ["new", "s0", "s2"] and t.outbox["s1"] is None
+    assert t.evicted == 1
+    t.create("s2", P, 31.5)  # replacing a live id needs no room
+    with pytest.raises(CapacityError):
+        t.create("flood", P, 32.0)
+    assert t.expire(200.0, 0) == 0  # nothing swept yet: the create below finds them due
+    t.create("later", P, 200.0)
+    assert sorted(t.sessions) == ["later"] and t.expired == 3
+
+
+def test_a_lazy_store_evicts_whatever_the_age() -> None:
+    t = table(max_sessions=1, evict_idle_after=30.0, evict_to_storage=True)
+    t.create("a", P, 0.0)
+    t.create("b", P, 1.0)  # memory is a cache of storage: eviction deletes nothing
+    assert list(t.sessions) == ["b"] and t.refused == 0
+    assert t.outbox["a"] is not None  # its create's write, not a delete
 
 
 def test_create_replaces_live_session() -> None:

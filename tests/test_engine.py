@@ -31,7 +31,7 @@ from engine import (
     new_session_id,
     open_engine,
 )
-from engine.storage import DirectoryStore, file_name_for
+from engine.storage import FORMAT_VERSION, DirectoryStore, file_name_for
 from engine.testing import FaultyFileSystem
 
 T0 = 1_800_000_000.0
@@ -94,7 +94,7 @@ async def test_create_get_touch_delete_with_files(tmp_path: Path) -> None:
         await e.create(sid, RICH)
         # create returns once the record is durable
         record = stored(tmp_path, sid)
-        assert record is not None and record["id"] == sid and record["v"] == 1
+        assert record is not None and record["id"] == sid and record["v"] == FORMAT_VERSION
         assert await e.get(sid) == RICH
         assert await e.touch(sid) is True
         assert await e.get_and_touch(sid) == RICH
@@ -124,7 +124,7 @@ async def test_restart_restores_same_sessions_with_same_fields(tmp_path: Path) -
     ids = [new_session_id() for _ in range(20)]
     async with open_engine(config(tmp_path, persist_requests=1000)) as e:
         for i, sid in enumerate(ids):
-            await e.create(sid, attrs.evolve(RICH, preset_name=f"p{i}"))
+            await e.create(sid, msgspec.structs.replace(RICH, preset_name=f"p{i}"))
         for sid in ids[::2]:
             assert await e.touch(sid)
         before = {sid: await e.info(sid) for sid in ids}
@@ -381,18 +381,61 @@ async def test_expiry_across_restart(tmp_path: Path) -> None:
 async def test_max_sessions_evicts_least_recently_accessed(
     tmp_path: Path, mock_clock: trio.testing.MockClock
 ) -> None:
-    cfg = config(tmp_path, max_sessions=3)
+    cfg = config(tmp_path, max_sessions=3, evict_idle_after=2)
     async with open_engine(cfg) as e:
         for sid in ("a", "b", "c"):
             await e.create(sid, RICH)
             mock_clock.jump(1)
         await e.touch("a")
-        await e.create("d", RICH)
+        await e.create("d", RICH)  # b: idle 2 s, the least recently accessed
         assert await e.get("b") is None
         assert {sid for sid in "acd" if await e.get(sid)} == set("acd")
         s = e.statistics()
-        assert s.live_sessions == 3 and s.evicted == 1
+        assert s.live_sessions == 3 and s.evicted == 1 and s.refused == 0
         assert session_files(tmp_path) == ["a.session", "c.session", "d.session"]
+
+
+async def test_max_sessions_refuses_rather_than_evict_a_session_in_use(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    """Issue 9, item 7: at the bound, a create that could only make room by evicting a session
+    used within ``evict_idle_after`` raises CapacityError and changes nothing; once the least
+    recently used session has been idle that long, it is evicted as before."""
+    cfg = config(tmp_path, max_sessions=3, evict_idle_after=100)
+    async with open_engine(cfg) as e:
+        for sid in ("a", "b", "c"):
+            await e.create(sid, RICH)
+            mock_clock.jump(10)
+        for _ in range(5):  # a flood of new sessions
+            with pytest.raises(engine.CapacityError) as caught:
+                await e.create(new_session_id(), RICH)
+            assert isinstance(caught.value, RuntimeError)
+            assert caught.value.retry_after == pytest.approx(70)  # a was used at 0, now is 30
+        assert all([await e.get_and_touch(sid) for sid in "abc"])  # nobody was logged out
+        s = e.statistics()
+        assert s.live_sessions == 3 and s.evicted == 0 and s.refused == 5
+        assert session_files(tmp_path) == ["a.session", "b.session", "c.session"]
+        mock_clock.jump(99)  # a, b, c last used 99 s ago: not yet idle 100 s
+        await e.touch("b")
+        with pytest.raises(engine.CapacityError):
+            await e.create("d", RICH)
+        mock_clock.jump(1)  # a and c are idle 100 s now; b was touched 1 s ago
+        await e.create("d", RICH)
+        await e.create("f", RICH)
+        with pytest.raises(engine.CapacityError):
+            await e.create("g", RICH)
+        assert {sid for sid in "abcdfg" if await e.get(sid)} == set("bdf")
+        assert e.statistics().evicted == 2
+    assert session_files(tmp_path) == ["b.session", "d.session", "f.session"]
+
+
+async def test_evict_idle_after_zero_evicts_whatever_the_age(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    async with open_engine(config(tmp_path, max_sessions=2, evict_idle_after=0)) as e:
+        for sid in "abc":
+            await e.create(sid, RICH)
+        assert [sid for sid in "abc" if await e.get(sid)] == ["b", "c"]
 
 
 async def test_bound_applies_at_open(tmp_path: Path, mock_clock: trio.testing.MockClock) -> None:
@@ -400,11 +443,34 @@ async def test_bound_applies_at_open(tmp_path: Path, mock_clock: trio.testing.Mo
         for sid in ("a", "b", "c", "d"):
             await e.create(sid, RICH)
             mock_clock.jump(1)
-    async with open_engine(config(tmp_path, max_sessions=2)) as e:
+    async with open_engine(config(tmp_path, max_sessions=2, evict_idle_after=0)) as e:
         assert e.statistics().live_sessions == 2
         assert await e.get("c") == RICH and await e.get("d") == RICH
         await e.flush()
     assert session_files(tmp_path) == ["c.session", "d.session"]
+
+
+async def test_open_over_the_bound_keeps_sessions_in_use(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    """A restart with a lower bound (or a bound for the first time) never deletes sessions used
+    within ``evict_idle_after``: they load over the bound, and creates are refused until
+    enough have gone idle."""
+    async with open_engine(config(tmp_path)) as e:
+        for sid in ("a", "b", "c", "d"):
+            await e.create(sid, RICH)
+            mock_clock.jump(10)
+    async with open_engine(config(tmp_path, max_sessions=2, evict_idle_after=60)) as e:
+        assert e.statistics().live_sessions == 4
+        with pytest.raises(engine.CapacityError):
+            await e.create("x", RICH)
+        # Wall time restarts from the real clock at each open, so the first run's records are
+        # a at +0 ... d at +30 s from now. 85 s on, a, b and c have been idle 60 s or more, d
+        # 55 s (plus the real time the test took). They make room for x; d stays.
+        mock_clock.jump(85)
+        await e.create("x", RICH)
+        assert [sid for sid in "abcdx" if await e.get(sid)] == ["d", "x"]
+    assert session_files(tmp_path) == ["d.session", "x.session"]
 
 
 # -- memory only ----------------------------------------------------------------------------

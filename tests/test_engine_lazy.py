@@ -6,11 +6,21 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
+import msgspec
 import pytest
 import trio
 import trio.testing
 
-from engine import ConnectionConfig, EngineConfig, Put, StorageError, WriteBatch, open_engine
+from engine import (
+    ConnectionConfig,
+    EngineConfig,
+    Principal,
+    Put,
+    SessionOwnedError,
+    StorageError,
+    WriteBatch,
+    open_engine,
+)
 from engine._codec import Codec
 from engine.storage._protocol import LoadedRecord
 
@@ -18,6 +28,20 @@ R = TypeVar("R", bound=LoadedRecord)
 T0 = 1_800_000_000.0
 CODEC = Codec(ConnectionConfig)
 A = ConnectionConfig(tags=("a",))
+B = ConnectionConfig(tags=("b",))
+ALICE = Principal(issuer="https://idp.example", subject="alice", client_id="app")
+ALICE_REFRESHED = Principal(issuer="https://idp.example", subject="alice", client_id="app")
+BOB = Principal(issuer="https://idp.example", subject="bob", client_id="app")
+V1_RECORD = msgspec.json.encode(
+    {
+        "v": 1,
+        "id": "v1",
+        "created_at": T0,
+        "last_accessed_at": T0,
+        "expires": T0 + 1000,
+        "payload": msgspec.to_builtins(A),
+    }
+)
 
 
 class SharedStore:
@@ -66,8 +90,13 @@ class SharedStore:
         return {}
 
 
-def put(session_id: str, payload: ConnectionConfig = A, expires: float = T0 + 1000) -> Put:
-    return Put(CODEC.encode(session_id, payload, T0, T0, expires), expires)
+def put(
+    session_id: str,
+    payload: ConnectionConfig = A,
+    expires: float = T0 + 1000,
+    owner: Principal | None = None,
+) -> Put:
+    return Put(CODEC.encode(session_id, payload, T0, T0, expires, owner), expires)
 
 
 async def test_miss_loads_once_then_serves_from_memory() -> None:
@@ -108,14 +137,60 @@ async def test_calls_queued_behind_a_load_keep_their_order() -> None:
         assert store.loads == ["s", "x"]
 
 
-async def test_create_does_not_wait_for_a_load() -> None:
+async def test_create_loads_the_id_first_to_check_its_owner() -> None:
+    """A create reads what it would replace: an id not in memory is loaded first, so a create
+    never replaces a stored session of another owner (the store may hold one from before a
+    restart, or from another machine)."""
     store = SharedStore()
+    store.data["theirs"] = put("theirs", owner=ALICE)
     async with open_engine(EngineConfig(), store=store, wall_time=lambda: T0) as e:
         await e.create("s", A)
-        assert store.loads == []
+        assert store.loads == ["s"]
         assert "s" in store.data
         assert await e.get("s") == A
-        assert store.loads == []
+        assert store.loads == ["s"]  # in memory now
+        with pytest.raises(SessionOwnedError):
+            await e.create("theirs", B, owner=BOB)
+        with pytest.raises(SessionOwnedError):
+            await e.create("theirs", B)
+        assert store.loads == ["s", "theirs"]
+        assert CODEC.decode(store.data["theirs"].data).owner == ALICE
+        await e.create("theirs", B, owner=ALICE_REFRESHED)  # its owner may replace it
+        assert await e.get("theirs", owner=ALICE) == B
+        assert e.statistics().owner_mismatches == 2
+
+
+async def test_a_lazily_loaded_session_is_owner_checked_before_it_is_served() -> None:
+    store = SharedStore()
+    store.data["s"] = put("s", owner=ALICE)  # written by another machine, or before a restart
+    store.data["v1"] = Put(V1_RECORD, T0 + 1000)  # a version-1 record: no owner
+    async with open_engine(EngineConfig(), store=store, wall_time=lambda: T0) as e:
+        assert await e.get_and_touch("s", owner=BOB) is None  # the first request loads it
+        assert await e.get_and_touch("s") is None
+        assert await e.touch("s", owner=BOB) is False
+        assert await e.delete("s", owner=BOB) is False
+        assert await e.info("s", owner=BOB) is None
+        assert store.loads == ["s"]
+        assert "s" in store.data
+        info = await e.info("s", owner=ALICE_REFRESHED)
+        assert info is not None and info.owner == ALICE and info.expires == T0 + 1000
+        assert e.statistics().owner_mismatches == 5
+        assert await e.get("v1", owner=ALICE) is None
+        assert await e.get("v1") == A
+    async with open_engine(EngineConfig(), store=store, wall_time=lambda: T0) as e:
+        # Calls queued behind a load are checked too, each against the loaded owner.
+        store.gate = trio.Event()
+        results: dict[str, object] = {}
+
+        async def call(name: str, owner: Principal | None) -> None:
+            results[name] = await e.get_and_touch("s", owner=owner)
+
+        async with trio.open_nursery() as nursery:
+            for name, owner in (("bob", BOB), ("anonymous", None), ("alice", ALICE)):
+                nursery.start_soon(call, name, owner)
+                await trio.testing.wait_all_tasks_blocked()
+            store.gate.set()
+        assert results == {"bob": None, "anonymous": None, "alice": A}
 
 
 async def test_load_failure_fails_the_waiting_calls_and_engine_keeps_serving() -> None:
@@ -151,8 +226,9 @@ async def test_eviction_keeps_sessions_in_a_shared_store(
         assert e.statistics().evicted == 1
         assert set(store.data) == {"a", "b", "c"}
         assert CODEC.decode(store.data["a"].data).last_accessed_at == T0 + 1
+        assert store.loads == ["a", "b", "c"]  # each create checked what the store held
         assert await e.get("a") == A  # loaded back on a miss
-        assert store.loads == ["a"]
+        assert store.loads == ["a", "b", "c", "a"]
 
 
 async def test_expiry_leaves_deletes_to_the_store(mock_clock: trio.testing.MockClock) -> None:
@@ -214,7 +290,9 @@ async def test_a_miss_sees_the_newest_pending_write(mock_clock: trio.testing.Moc
             store.write_gate.set()
 
 
-async def test_a_failed_load_does_not_fail_a_create_queued_behind_it() -> None:
+async def test_a_failed_load_fails_a_create_queued_behind_it() -> None:
+    """The create cannot know whether it would replace another owner's session: it fails like
+    the calls around it, and the engine keeps serving."""
     store = SharedStore()
     store.gate = trio.Event()
     store.fail_loads = True
@@ -236,5 +314,8 @@ async def test_a_failed_load_does_not_fail_a_create_queued_behind_it() -> None:
             await trio.testing.wait_all_tasks_blocked()
             store.gate.set()
         assert isinstance(results["get"], StorageError)
-        assert results["create"] is None
-        assert results["get2"] == A
+        assert isinstance(results["create"], StorageError)
+        assert isinstance(results["get2"], StorageError)
+        store.fail_loads = False
+        await e.create("a", A)
+        assert await e.get("a") == A

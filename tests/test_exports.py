@@ -12,6 +12,7 @@ import pytest
 
 PUBLIC: dict[str, set[str]] = {
     "engine": {
+        "CapacityError",
         "ConfigError",
         "ConnectionConfig",
         "DirectoryStore",
@@ -24,10 +25,13 @@ PUBLIC: dict[str, set[str]] = {
         "LoadReport",
         "McpApp",
         "McpSession",
+        "OwnerLimitError",
         "PayloadError",
+        "Principal",
         "Put",
         "ServerConfig",
         "SessionInfo",
+        "SessionOwnedError",
         "Statistics",
         "StorageError",
         "StorageLockedError",
@@ -58,6 +62,7 @@ PUBLIC: dict[str, set[str]] = {
         "MAX_RECORD_BYTES",
         "OS_FILE_SYSTEM",
         "OsFileSystem",
+        "Principal",
         "ProblemKind",
         "Put",
         "PutKind",

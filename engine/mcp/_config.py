@@ -9,6 +9,7 @@ the sources are merged, and the classes are built once, so their validators name
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -30,6 +31,7 @@ from .._config import (
 from .._errors import ConfigError
 
 __all__ = [
+    "DEFAULT_MAX_SESSIONS",
     "DEFAULT_STORAGE_DIR",
     "MAX_PORT",
     "ServerConfig",
@@ -40,6 +42,11 @@ __all__ = [
 
 DEFAULT_STORAGE_DIR: Final = Path("sessions")
 """Where ``serve`` keeps sessions when no source sets ``storage_dir``."""
+
+DEFAULT_MAX_SESSIONS: Final = 100_000
+"""The server's bound on live sessions when no source sets ``max_sessions`` (the engine alone
+has none). With ``max_client_data_bytes`` it bounds what clients can make the server hold: about
+100,000 x (4 KiB + 0.5 KiB) = 450 MiB at most, typically a tenth of that."""
 
 MAX_PORT: Final = 65535
 
@@ -59,6 +66,13 @@ def _origins(instance: object, attribute: attrs.Attribute[Any], value: object) -
         raise ConfigError(attribute.name, f"must be a list of origins, got {value!r}")
 
 
+def _rate(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(attribute.name, f"must be a number, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(attribute.name, f"must be a finite number >= 0, got {value!r}")
+
+
 def _to_tuple(value: object) -> object:
     if isinstance(value, str):
         return TEXT.structure(value, tuple[str, ...])
@@ -67,8 +81,36 @@ def _to_tuple(value: object) -> object:
     return value
 
 
+def _to_optional_path(value: object) -> object:
+    if isinstance(value, str) and value:
+        return Path(value)
+    return value
+
+
+def _optional_path(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and not isinstance(value, Path):
+        raise ConfigError(attribute.name, f"must be a file path or none, got {value!r}")
+
+
+def _optional_text(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise ConfigError(attribute.name, f"must be a non-empty string or none, got {value!r}")
+
+
+def _scope_list(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, tuple) or not all(
+        isinstance(v, str) and v and not any(c.isspace() for c in v) for v in value
+    ):
+        raise ConfigError(attribute.name, f"must be a list of scope names, got {value!r}")
+
+
+def _flag(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(attribute.name, f"must be true or false, got {value!r}")
+
+
 def _default_engine() -> EngineConfig:
-    return EngineConfig(storage_dir=DEFAULT_STORAGE_DIR)
+    return EngineConfig(storage_dir=DEFAULT_STORAGE_DIR, max_sessions=DEFAULT_MAX_SESSIONS)
 
 
 @final
@@ -166,6 +208,34 @@ class ServerConfig:
     )
     """At shutdown, how long in-flight requests may take before they are cancelled."""
 
+    max_client_data_bytes: int = attrs.field(
+        default=4096,
+        validator=integer(2),
+        metadata={HELP: "bytes of clientInfo and capabilities one session may store"},
+    )
+    """Most bytes a session stores from its client: the JSON of ``capabilities`` plus the
+    UTF-8 of ``clientInfo.name`` and ``clientInfo.version``, as sent in ``initialize``. More
+    gets 400 (JSON-RPC -32602) and no session. Real clients send a few hundred bytes."""
+
+    new_session_rate: float = attrs.field(
+        default=5.0,
+        validator=_rate,
+        metadata={HELP: "new sessions per second per client address (0: no limit)"},
+    )
+    """Rate at which one client address (an IPv6 address by its /64 prefix) may create
+    sessions, as a token bucket of ``new_session_burst`` tokens refilled at this many per
+    second. An ``initialize`` over it gets 429 with ``Retry-After``. ``0`` turns it off. Behind
+    a reverse proxy every client has the proxy's address: limit there, and set this to 0 or
+    high enough for all clients together."""
+
+    new_session_burst: int = attrs.field(
+        default=20,
+        validator=integer(1),
+        metadata={HELP: "new sessions one client address may create at once"},
+    )
+    """Size of each address's token bucket: how many sessions an address may create at once
+    before ``new_session_rate`` applies."""
+
     allowed_origins: tuple[str, ...] = attrs.field(
         default=(),
         converter=_to_tuple,
@@ -175,13 +245,95 @@ class ServerConfig:
     """Browser origins allowed besides local ones (``http://localhost:*`` and the like);
     requests with any other ``Origin`` header get 403 (DNS rebinding protection)."""
 
+    auth_token_file: Path | None = attrs.field(
+        default=None,
+        converter=_to_optional_path,
+        validator=_optional_path,
+        metadata={HELP: "TOML file of static bearer tokens (sha256 -> principal); turns auth on"},
+    )
+    """Static bearer tokens: a TOML file of ``[[token]]`` tables, each the ``sha256`` (hex) of
+    a token and the principal it stands for (``subject``, ``issuer``, ``client_id``, optional
+    ``scopes``). Setting it turns authentication on. See docs/operations.md, "Authentication"."""
+
+    auth_jwt_keys: Path | None = attrs.field(
+        default=None,
+        converter=_to_optional_path,
+        validator=_optional_path,
+        metadata={HELP: "JWKS or PEM file of the keys bearer JWTs are signed with; turns auth on"},
+    )
+    """Public keys (a JWKS JSON file, or one PEM public key or certificate) that bearer JWTs
+    must be signed with. Setting it turns JWT authentication on; ``auth_issuer`` is then
+    required."""
+
+    auth_issuer: str | None = attrs.field(
+        default=None,
+        validator=_optional_text,
+        metadata={HELP: "the iss every bearer JWT must carry (required with auth_jwt_keys)"},
+    )
+    """The ``iss`` claim every JWT must carry."""
+
+    auth_audience: str | None = attrs.field(
+        default=None,
+        validator=_optional_text,
+        metadata={HELP: "an aud every bearer JWT must carry ('none': auth_resource)"},
+    )
+    """A value the JWT's ``aud`` claim must contain. Default: ``auth_resource`` (RFC 8707:
+    tokens are issued for this server's URL)."""
+
+    auth_resource: str | None = attrs.field(
+        default=None,
+        validator=_optional_text,
+        metadata={HELP: "this server's MCP URL as clients use it ('none': http://HOST:PORT/mcp)"},
+    )
+    """This server's MCP endpoint URL, as clients name it: the ``resource`` of the
+    protected-resource metadata and the default JWT audience. Default: the bound address,
+    ``http://HOST:PORT/mcp``; behind a proxy, set the public URL."""
+
+    auth_scopes: tuple[str, ...] = attrs.field(
+        default=(),
+        converter=_to_tuple,
+        validator=_scope_list,
+        metadata={HELP: "scopes every bearer token must carry, comma-separated (else 403)"},
+    )
+    """Scopes every token must carry; a valid token without them gets 403
+    (``insufficient_scope``)."""
+
+    auth_authorization_servers: tuple[str, ...] = attrs.field(
+        default=(),
+        converter=_to_tuple,
+        validator=_origins,
+        metadata={HELP: "authorization servers the metadata names ('none': auth_issuer)"},
+    )
+    """Authorization servers listed in the protected-resource metadata, where clients get
+    tokens. Default: ``auth_issuer``."""
+
+    auth_leeway: float = attrs.field(
+        default=10.0,
+        validator=seconds,
+        metadata={HELP: "seconds of clock skew allowed for a JWT's exp and nbf"},
+    )
+    """Clock skew tolerated when checking a JWT's ``exp`` and ``nbf``."""
+
+    auth_anonymous: bool = attrs.field(
+        default=False,
+        validator=_flag,
+        metadata={HELP: "with auth on, also serve requests without a token (as anonymous)"},
+    )
+    """With authentication on, also serve requests that carry no token, as the anonymous
+    principal: they open sessions of their own, which no token holder can use, and cannot
+    use any token holder's (anonymous ``initialize`` is bounded as without authentication). A
+    request with an invalid token is always 401."""
+
     engine: EngineConfig = attrs.field(factory=_default_engine)
     """The embedded engine's configuration. Its ``storage_dir`` defaults to
-    :data:`DEFAULT_STORAGE_DIR` (``./sessions``) here, not ``None``."""
+    :data:`DEFAULT_STORAGE_DIR` (``./sessions``) here, not ``None``, and its ``max_sessions``
+    to :data:`DEFAULT_MAX_SESSIONS`, not ``None``."""
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.engine, EngineConfig):
             raise ConfigError("engine", f"must be an EngineConfig, got {self.engine!r}")
+        if self.auth_jwt_keys is not None and self.auth_issuer is None:
+            raise ConfigError("auth_issuer", "required with auth_jwt_keys (the tokens' iss)")
         if self.max_buffered_bytes < self.max_body_bytes:
             raise ConfigError(
                 "max_buffered_bytes",
@@ -241,6 +393,8 @@ class Setting:
         value = self.default
         if value is None or value == ():
             return "none"
+        if isinstance(value, bool):
+            return "true" if value else "false"
         if isinstance(value, tuple):
             return ",".join(value)
         if isinstance(value, float) and value.is_integer():
@@ -312,7 +466,8 @@ class _Layers:
         return self
 
     def build(self) -> ServerConfig:
-        engine = EngineConfig(**{"storage_dir": DEFAULT_STORAGE_DIR, **self.engine})
+        defaults = {"storage_dir": DEFAULT_STORAGE_DIR, "max_sessions": DEFAULT_MAX_SESSIONS}
+        engine = EngineConfig(**{**defaults, **self.engine})
         return ServerConfig(engine=engine, **self.server)
 
 
@@ -338,7 +493,8 @@ def load_server_config(
     environment), the environment (``ENGINE_<FIELD>`` for any server or engine field) and
     *flags* (field name to string value, as typed on the command line).
 
-    ``storage_dir`` defaults to ``./sessions``; set it to ``none`` for memory only. Raises
+    ``storage_dir`` defaults to ``./sessions`` (set it to ``none`` for memory only) and
+    ``max_sessions`` to :data:`DEFAULT_MAX_SESSIONS` (``none``: no bound). Raises
     :class:`~engine.ConfigError` naming the field (or the file) on any invalid value.
     """
     env = os.environ if environ is None else environ

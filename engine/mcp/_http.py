@@ -16,7 +16,8 @@ import errno
 import functools
 import logging
 import resource
-from collections.abc import Awaitable, Callable
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final, final
 
 import trio
@@ -69,6 +70,25 @@ def hypercorn_config(config: ServerConfig) -> HypercornConfig:
     hc.keep_alive_max_requests = config.keep_alive_max_requests
     hc.backlog = config.backlog
     return hc
+
+
+async def wait_for_signal(
+    signals: AsyncIterator[int], trigger: Callable[[], Awaitable[None]] | None = None
+) -> None:
+    """Return at the first signal *signals* delivers (logged), or when *trigger* returns: a
+    server's shutdown trigger. Checkpoint; cancel-safe."""
+    async with trio.open_nursery() as nursery:
+
+        async def on_signal() -> None:
+            async for signum in signals:
+                log.info("%s: shutting down", signal.Signals(signum).name)
+                break
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(on_signal)
+        if trigger is not None:
+            await trigger()
+            nursery.cancel_scope.cancel()
 
 
 def ensure_file_limit(max_connections: int) -> None:

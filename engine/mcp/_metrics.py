@@ -8,9 +8,11 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Final, final
 
 from .._engine import Statistics
+from ..storage import Principal
 
 __all__ = ["LATENCY_BUCKETS", "Metrics"]
 
@@ -31,10 +33,17 @@ class Metrics:
         self.sessions_created = 0
         self.sessions_deleted = 0
         self.sessions_not_found = 0
+        self.sessions_refused: defaultdict[str, int] = defaultdict(int)
+        """``initialize`` requests refused, by reason: ``too_large`` (clientInfo and
+        capabilities over ``max_client_data_bytes``), ``rate_limited`` (429), ``capacity``
+        (503 at ``max_sessions``)."""
         self.connections_open = 0
         """Client connections open now (kept by :func:`~engine.mcp.serve_app`)."""
         self.buffered_bytes = 0
         """Request body bytes held in memory now, by all requests (kept by the app)."""
+        self.auth_failures: defaultdict[str, int] = defaultdict(int)
+        """Requests refused by authentication, by reason (``missing``, ``invalid``,
+        ``expired``, ``scope``, ``starting``)."""
         self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0
 
@@ -44,8 +53,9 @@ class Metrics:
         self.latency_counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self.latency_sum += seconds
 
-    def render(self, stats: Statistics) -> bytes:
-        """The Prometheus text exposition (format 0.0.4) of the counters and *stats*."""
+    def render(self, stats: Statistics, top_owners: Sequence[tuple[Principal, int]] = ()) -> bytes:
+        """The Prometheus text exposition (format 0.0.4) of the counters, *stats* and
+        *top_owners* (the owners with the most live sessions, labelled by fingerprint)."""
         lines: list[str] = []
 
         def metric(name: str, kind: str, help_text: str) -> None:
@@ -108,6 +118,19 @@ class Metrics:
                 "Requests applied by the actor.",
                 stats.requests,
             ),
+            ("engine_owners", "gauge", "Distinct owners with live sessions.", stats.owners),
+            (
+                "engine_owner_mismatches_total",
+                "counter",
+                "Calls naming a session of another owner (answered as unknown).",
+                stats.owner_mismatches,
+            ),
+            (
+                "engine_owner_refusals_total",
+                "counter",
+                "Creates refused by max_sessions_per_owner.",
+                stats.owner_refusals,
+            ),
             (
                 "engine_http_connections_open",
                 "gauge",
@@ -147,6 +170,26 @@ class Metrics:
         metric("engine_persists_total", "counter", "Session records written, by cause.")
         for cause, n in sorted(stats.persists.items()):
             lines.append(f'engine_persists_total{{cause="{cause}"}} {n}')
+
+        metric(
+            "engine_sessions_refused_total",
+            "counter",
+            "initialize requests refused, by reason (too_large, rate_limited, capacity).",
+        )
+        for reason in ("too_large", "rate_limited", "capacity"):
+            n = self.sessions_refused.get(reason, 0)
+            lines.append(f'engine_sessions_refused_total{{reason="{reason}"}} {n}')
+
+        metric(
+            "engine_owner_live_sessions",
+            "gauge",
+            "Live sessions of the owners with the most, by owner fingerprint (top 10 only).",
+        )
+        for principal, n in top_owners:
+            lines.append(f'engine_owner_live_sessions{{owner="{principal.fingerprint()}"}} {n}')
+        metric("engine_auth_failures_total", "counter", "Requests refused by authentication.")
+        for reason, n in sorted(self.auth_failures.items()):
+            lines.append(f'engine_auth_failures_total{{reason="{reason}"}} {n}')
 
         metric("engine_http_requests_total", "counter", "HTTP requests by route and status.")
         for (route, status), n in sorted(self.http.items()):

@@ -2,15 +2,21 @@
 
 The original stored the tag expression and tag query as JSON strings inside the JSON file and
 re-parsed them on every ``get``; here they are structured values that msgspec encodes and
-validates directly. All classes are frozen and use tuples, so a payload cannot change under the
-engine after ``create``.
+validates directly. All classes are frozen msgspec Structs and use tuples, so a payload cannot
+change under the engine after ``create``; they compare and hash by value
+(``msgspec.structs.replace`` makes a changed copy).
+
+They are ``gc=False``: Python's garbage collector does not track them, so the sessions a server
+holds add nothing to the time of its full collections (which stall the event loop). They hold
+only strings, numbers, booleans, ``None`` and tuples of each other, so no instance can be part of
+a reference cycle.
 """
 
 from __future__ import annotations
 
 from typing import Literal, final
 
-import attrs
+import msgspec
 
 __all__ = ["ConnectionConfig", "TagExpression", "TagFilterMode", "TagQuery"]
 
@@ -19,8 +25,7 @@ TagFilterMode = Literal["simple-or", "advanced", "preset", "none"]
 
 
 @final
-@attrs.frozen
-class TagExpression:
+class TagExpression(msgspec.Struct, frozen=True, gc=False):
     """A parsed boolean tag expression such as ``web and (api or not beta)``."""
 
     type: Literal["tag", "and", "or", "not", "group"]
@@ -34,8 +39,7 @@ class TagExpression:
 
 
 @final
-@attrs.frozen
-class TagQuery:
+class TagQuery(msgspec.Struct, frozen=True, gc=False):
     """A structured tag query (the original's MongoDB-like ``TagQuery``).
 
     A query matches when every part that is set matches: ``tag`` names one tag, ``tags_in`` any
@@ -59,8 +63,7 @@ class TagQuery:
 
 
 @final
-@attrs.frozen
-class ConnectionConfig:
+class ConnectionConfig(msgspec.Struct, frozen=True, gc=False):
     """What a streamable-HTTP session needs to restore its connection after a restart."""
 
     tags: tuple[str, ...] | None = None

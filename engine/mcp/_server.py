@@ -26,6 +26,7 @@ finish (``graceful_timeout``), closes the engine (final flush) and returns.
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -49,12 +50,20 @@ if TYPE_CHECKING:  # hypercorn is imported when serving, not by ``import engine`
     )
 
 from .._engine import Statistics
-from .._errors import EngineClosedError, InvalidSessionIdError, PayloadError, StorageError
+from .._errors import (
+    CapacityError,
+    EngineClosedError,
+    InvalidSessionIdError,
+    OwnerLimitError,
+    PayloadError,
+    StorageError,
+)
 from .._ids import new_session_id, validate_session_id
 from .._open import open_engine
-from ..storage import redact_url
+from ..storage import Principal, redact_url
+from ._auth import METADATA_PATHS, Authenticator, AuthFailure
 from ._config import ServerConfig
-from ._http import ensure_file_limit, serve_app
+from ._http import ensure_file_limit, serve_app, wait_for_signal
 from ._metrics import Metrics
 from ._protocol import (
     INVALID_PARAMS,
@@ -72,6 +81,7 @@ from ._protocol import (
     is_modern_request,
     message_problem,
 )
+from ._ratelimit import SessionRateLimiter, address_key
 from ._session import McpSession, TagFilterError, connection_from_query
 from ._tools import ToolCallError, call_tool, list_tools
 
@@ -99,6 +109,10 @@ RETRY_AFTER_SECONDS: Final = 1
 
 MAX_REPORTED_METHOD: Final = 100
 """Longest prefix of an unknown method name quoted back in a -32601 error."""
+
+TOP_OWNERS: Final = 10
+"""Owners with the most live sessions shown in ``/metrics`` (by fingerprint): the metric's
+cardinality stays bounded however many principals there are (the CLI lists them all)."""
 
 MAX_QUERY_FIELDS: Final = 32
 """Most fields parsed from the query string of an ``initialize`` (more is a 400)."""
@@ -129,15 +143,23 @@ _encoder: Final = msgspec.json.Encoder()
 
 class SessionStore(Protocol):
     """What the app needs of its session keeper: the subset of :class:`~engine.Engine` it
-    calls (an ``Engine[McpSession]`` is one). The load benchmark passes a plain dict variant."""
+    calls (an ``Engine[McpSession]`` is one). The load benchmark passes a plain dict variant.
+    *owner* is the caller's principal (``None``: anonymous); a session answers only its
+    owner."""
 
-    async def create(self, session_id: str, payload: McpSession) -> None: ...
+    async def create(
+        self, session_id: str, payload: McpSession, *, owner: Principal | None = None
+    ) -> None: ...
 
-    async def replace(self, session_id: str, payload: McpSession) -> bool: ...
+    async def replace(
+        self, session_id: str, payload: McpSession, *, owner: Principal | None = None
+    ) -> bool: ...
 
-    async def get_and_touch(self, session_id: str) -> McpSession | None: ...
+    async def get_and_touch(
+        self, session_id: str, *, owner: Principal | None = None
+    ) -> McpSession | None: ...
 
-    async def delete(self, session_id: str) -> bool: ...
+    async def delete(self, session_id: str, *, owner: Principal | None = None) -> bool: ...
 
 
 def _error_body(code: int, message: str, request_id: object = None) -> bytes:
@@ -164,7 +186,8 @@ def _printable(text: str) -> str:
 
 def _log_request(scope: HTTPScope, response: _Response | None, start: float) -> None:
     """The debug line of one request: HTTP method, path, JSON-RPC method, status (499: the
-    client went away), duration and a fingerprint of the session id, never the id."""
+    client went away), duration, a fingerprint of the session id (never the id) and of the
+    caller's principal (never the identity)."""
     session: bytes | None = None
     for name, value in scope["headers"]:
         if name == b"mcp-session-id":
@@ -173,8 +196,9 @@ def _log_request(scope: HTTPScope, response: _Response | None, start: float) -> 
         for name, value in response.headers:
             if name == b"mcp-session-id":  # a new session (initialize)
                 session = value
+    owner = response.owner if response is not None else None
     log.debug(
-        "%s %s%s -> %d in %.1f ms%s",
+        "%s %s%s -> %d in %.1f ms%s%s",
         _printable(scope["method"][:20]),
         _printable(scope["path"][:100]),
         f" {_printable(response.rpc_method[:60])}"
@@ -183,12 +207,13 @@ def _log_request(scope: HTTPScope, response: _Response | None, start: float) -> 
         499 if response is None else response.status,
         (trio.current_time() - start) * 1000,
         f" session {fingerprint(session)}" if session is not None else "",
+        f" owner {owner.fingerprint()}" if owner is not None else "",
     )
 
 
 @final
 class _Response:
-    __slots__ = ("body", "headers", "rpc_method", "status")
+    __slots__ = ("body", "headers", "owner", "rpc_method", "status")
 
     def __init__(
         self, status: int, body: bytes = b"", headers: list[tuple[bytes, bytes]] | None = None
@@ -198,6 +223,8 @@ class _Response:
         self.headers = headers if headers is not None else ([_JSON_TYPE] if body else [])
         self.rpc_method: str | None = None
         """The JSON-RPC method, once known (for the debug log line)."""
+        self.owner: Principal | None = None
+        """The caller's principal, once authenticated (for the debug log line)."""
 
 
 def _json_error(status: int, code: int, message: str, request_id: object = None) -> _Response:
@@ -219,6 +246,7 @@ class _DisconnectError(Exception):
 
 
 _LOCAL_HOSTS: Final = frozenset({"localhost", "127.0.0.1", "[::1]"})
+_ROUTES: Final = frozenset({"/mcp", "/healthz", "/metrics", *METADATA_PATHS})
 _KNOWN_METHODS: Final = frozenset(
     {
         "initialize",
@@ -271,8 +299,10 @@ class _SessionLocks:
 @final
 class McpApp:
     """The ASGI application. *sessions* keeps the sessions (the engine, in :func:`serve`);
-    *live_sessions* counts them for ``/healthz``; *stats* gives the engine part of
-    ``/metrics``."""
+    *live_sessions* counts them for ``/healthz``; *stats* and *owners* (the owners with the
+    most live sessions) give the engine part of ``/metrics``. *auth* authenticates requests
+    (default: built from *config*; raises :class:`~engine.ConfigError` for unusable
+    credentials files)."""
 
     def __init__(
         self,
@@ -282,16 +312,23 @@ class McpApp:
         live_sessions: Callable[[], int],
         stats: Callable[[], Statistics] | None = None,
         metrics: Metrics | None = None,
+        owners: Callable[[int], list[tuple[Principal, int]]] | None = None,
+        auth: Authenticator | None = None,
     ) -> None:
         self.sessions = sessions
         self.config = config
         self.metrics = metrics if metrics is not None else Metrics()
         self.stats = stats
+        self.owners = owners
+        self.auth = auth if auth is not None else Authenticator(config)
         self.live_sessions = live_sessions
         self.max_body = config.max_body_bytes
         self.max_buffered = config.max_buffered_bytes
         self.allowed_origins = frozenset(config.allowed_origins)
         self.retry_after = b"%d" % max(1, round(config.engine.retry_interval))
+        self.max_client_data = config.max_client_data_bytes
+        self.new_sessions = SessionRateLimiter(config.new_session_rate, config.new_session_burst)
+        """Token buckets of new sessions per client address (``new_session_rate``)."""
         self._locks = _SessionLocks()
 
     async def __call__(
@@ -310,7 +347,7 @@ class McpApp:
         if scope["type"] != "http":
             return  # websockets: not offered; hypercorn closes the connection
         start = trio.current_time()
-        route = scope["path"] if scope["path"] in ("/mcp", "/healthz", "/metrics") else "other"
+        route = scope["path"] if scope["path"] in _ROUTES else "other"
         try:
             response = await self._handle(scope, receive)
         except _DisconnectError:
@@ -364,24 +401,51 @@ class McpApp:
             origin = headers.get(b"origin")
             if origin is not None and not self._origin_allowed(origin):
                 return _json_error(403, INVALID_REQUEST, "Forbidden: origin not allowed")
+            try:
+                principal = self._authenticate(headers)
+            except AuthFailure as failure:
+                return self._unauthorized(failure)
             if method == "POST":
-                return await self._post(scope, headers, receive)
-            if method == "DELETE":
-                return await self._delete(headers)
-            return _Response(
-                405,
-                b"this server offers no SSE stream; use POST (or DELETE to end a session)\n",
-                [(b"allow", b"POST, DELETE"), (b"content-type", b"text/plain")],
-            )
+                response = await self._post(scope, headers, receive, principal)
+            elif method == "DELETE":
+                response = await self._delete(headers, principal)
+            else:
+                response = _Response(
+                    405,
+                    b"this server offers no SSE stream; use POST (or DELETE to end a session)\n",
+                    [(b"allow", b"POST, DELETE"), (b"content-type", b"text/plain")],
+                )
+            response.owner = principal
+            return response
         if path == "/healthz" and method in ("GET", "HEAD"):
             body = _encoder.encode({"status": "ok", "sessions": self.live_sessions()})
             return _Response(200, body)
         if path == "/metrics" and method == "GET":
-            body = self.metrics.render(self.stats()) if self.stats is not None else b""
+            top = self.owners(TOP_OWNERS) if self.owners is not None else []
+            body = self.metrics.render(self.stats(), top) if self.stats is not None else b""
             return _Response(200, body, [(b"content-type", b"text/plain; version=0.0.4")])
-        if path in ("/healthz", "/metrics"):
+        if path in METADATA_PATHS and self.auth.enabled and method in ("GET", "HEAD"):
+            return _Response(200, _encoder.encode(self.auth.metadata()))
+        if path in ("/healthz", "/metrics") or (path in METADATA_PATHS and self.auth.enabled):
             return _Response(405, b"", [(b"allow", b"GET")])
         return _Response(404, b"not found\n", [(b"content-type", b"text/plain")])
+
+    def _authenticate(self, headers: dict[bytes, bytes]) -> Principal | None:
+        """The caller's principal (``None``: anonymous); raises :class:`AuthFailure`."""
+        auth = self.auth
+        if not auth.enabled:
+            return None
+        if auth.resource is None:  # serve sets it as soon as it is bound
+            raise AuthFailure(503, "starting", "Server starting", None)
+        return auth.authenticate(headers.get(b"authorization"))
+
+    def _unauthorized(self, failure: AuthFailure) -> _Response:
+        self.metrics.auth_failures[failure.reason] += 1
+        if failure.status == 503:
+            return _json_error(503, SERVER_BUSY, failure.description)
+        response = _json_error(failure.status, INVALID_REQUEST, failure.description)
+        response.headers.append((b"www-authenticate", self.auth.challenge(failure)))
+        return response
 
     def _origin_allowed(self, origin: bytes) -> bool:
         text = origin.decode("latin-1")
@@ -446,7 +510,11 @@ class McpApp:
             raise
 
     async def _post(
-        self, scope: HTTPScope, headers: dict[bytes, bytes], receive: ASGIReceiveCallable
+        self,
+        scope: HTTPScope,
+        headers: dict[bytes, bytes],
+        receive: ASGIReceiveCallable,
+        principal: Principal | None,
     ) -> _Response:
         if not accepts_json_and_sse(headers.get(b"accept")):
             return _json_error(
@@ -482,11 +550,17 @@ class McpApp:
             response.headers.append((b"retry-after", b"%d" % RETRY_AFTER_SECONDS))
             return response
         try:
-            return await self._rpc(scope, headers, body)
+            return await self._rpc(scope, headers, body, principal)
         finally:
             self.metrics.buffered_bytes -= len(body)
 
-    async def _rpc(self, scope: HTTPScope, headers: dict[bytes, bytes], body: bytes) -> _Response:
+    async def _rpc(
+        self,
+        scope: HTTPScope,
+        headers: dict[bytes, bytes],
+        body: bytes,
+        principal: Principal | None,
+    ) -> _Response:
         """Decode one JSON-RPC message, check its shape and answer it."""
         try:
             message = _decoder.decode(body)
@@ -502,18 +576,22 @@ class McpApp:
         method = message.method
         if isinstance(method, str):
             self.metrics.mcp[method if method in _KNOWN_METHODS else "other"] += 1
-        response = await self._message(scope, headers, message)
+        response = await self._message(scope, headers, message, principal)
         if isinstance(method, str):
             response.rpc_method = method
         return response
 
     async def _message(
-        self, scope: HTTPScope, headers: dict[bytes, bytes], message: Message
+        self,
+        scope: HTTPScope,
+        headers: dict[bytes, bytes],
+        message: Message,
+        principal: Principal | None,
     ) -> _Response:
-        """Answer one valid JSON-RPC message."""
+        """Answer one valid JSON-RPC message from *principal*."""
         method = message.method
         if method == "initialize":
-            return await self._initialize(scope, message)
+            return await self._initialize(scope, message, principal)
         request_id = None if message.id is _NO_ID else message.id
         raw_version = headers.get(b"mcp-protocol-version")
         version = None if raw_version is None else raw_version.decode("latin-1")
@@ -534,9 +612,9 @@ class McpApp:
             return _json_error(400, SESSION_ERROR, f"Bad Request: {exc}", request_id)
         if method == "tools/call" and message.id is not _NO_ID:
             async with self._locks.hold(session_id):
-                return await self._tools_call(session_id, message, request_id)
+                return await self._tools_call(session_id, message, request_id, principal)
         try:
-            session = await self.sessions.get_and_touch(session_id)
+            session = await self.sessions.get_and_touch(session_id, owner=principal)
         except EngineClosedError:
             return _json_error(503, SERVER_BUSY, "Server shutting down", request_id)
         if session is None:
@@ -560,11 +638,13 @@ class McpApp:
             ),
         )
 
-    async def _tools_call(self, session_id: str, message: Message, request_id: object) -> _Response:
+    async def _tools_call(
+        self, session_id: str, message: Message, request_id: object, principal: Principal | None
+    ) -> _Response:
         """Run a demo tool on the session; a tool that changes the session's payload writes it
         through the engine (durable) before the answer. Runs under the session's lock."""
         try:
-            session = await self.sessions.get_and_touch(session_id)
+            session = await self.sessions.get_and_touch(session_id, owner=principal)
         except EngineClosedError:
             return _json_error(503, SERVER_BUSY, "Server shutting down", request_id)
         if session is None:
@@ -579,7 +659,7 @@ class McpApp:
             try:
                 # The live session's new payload; returns once durable. False: it is gone
                 # (deleted, or expired, meanwhile; on a shared store maybe by another server).
-                if not await self.sessions.replace(session_id, outcome.payload):
+                if not await self.sessions.replace(session_id, outcome.payload, owner=principal):
                     self.metrics.sessions_not_found += 1
                     return _json_error(404, SESSION_ERROR, "Session not found", request_id)
             except EngineClosedError:
@@ -589,7 +669,7 @@ class McpApp:
                 # write is replaced by this one in the writer's queue), and say so.
                 log.warning("session %s: tool write failed: %s", fingerprint(session_id), exc)
                 with trio.CancelScope(shield=True), suppress(StorageError, EngineClosedError):
-                    await self.sessions.replace(session_id, session)
+                    await self.sessions.replace(session_id, session, owner=principal)
                 response = _json_error(
                     503, SERVER_BUSY, "Storage unavailable: the change was not saved", request_id
                 )
@@ -597,7 +677,31 @@ class McpApp:
                 return response
         return _Response(200, _result_body(request_id, outcome.result))
 
-    async def _initialize(self, scope: HTTPScope, message: Message) -> _Response:
+    def _at_capacity(self, exc: CapacityError, request_id: object) -> _Response:
+        """503 with ``Retry-After``: the engine holds ``max_sessions`` sessions, all in use."""
+        self.metrics.sessions_refused["capacity"] += 1
+        response = _json_error(
+            503,
+            SERVER_BUSY,
+            "Server busy: it holds as many sessions as it may (max_sessions), all in use",
+            request_id,
+        )
+        retry = SessionRateLimiter.retry_after(exc.retry_after)
+        response.headers.append((b"retry-after", b"%d" % retry))
+        return response
+
+    def _over_owner_limit(self, request_id: object) -> _Response:
+        return _json_error(
+            429,
+            SERVER_BUSY,
+            "Too many sessions: this principal has max_sessions_per_owner open; end one "
+            "(DELETE) or let one expire",
+            request_id,
+        )
+
+    async def _initialize(
+        self, scope: HTTPScope, message: Message, principal: Principal | None
+    ) -> _Response:
         request_id = None if message.id is _NO_ID else message.id
         if message.id is _NO_ID:
             return _json_error(400, INVALID_REQUEST, "initialize must be a request (with an id)")
@@ -617,6 +721,32 @@ class McpApp:
             connection = connection_from_query(query)
         except (TagFilterError, ValueError) as exc:
             return _json_error(400, INVALID_PARAMS, f"Invalid tag filter: {exc}", request_id)
+        client = params.client_info
+        try:
+            capabilities = msgspec.Raw(_encoder.encode(params.capabilities))
+            size = len(capabilities) + len(_encoder.encode((client.name, client.version)))
+        except (TypeError, ValueError, RecursionError) as exc:  # lone surrogates, too deep
+            why = f"Invalid initialize params: cannot store them: {exc}"
+            return _json_error(400, INVALID_PARAMS, why, request_id)
+        if size > self.max_client_data:
+            self.metrics.sessions_refused["too_large"] += 1
+            why = (
+                f"Invalid initialize params: clientInfo and capabilities take {size} bytes; a "
+                f"session stores at most {self.max_client_data} (max_client_data_bytes)"
+            )
+            return _json_error(400, INVALID_PARAMS, why, request_id)
+        wait = self.new_sessions.take(address_key(scope.get("client")), trio.current_time())
+        if wait:
+            self.metrics.sessions_refused["rate_limited"] += 1
+            response = _json_error(
+                429,
+                SERVER_BUSY,
+                "Too Many Requests: this address creates sessions too fast (new_session_rate)",
+                request_id,
+            )
+            retry = SessionRateLimiter.retry_after(wait)
+            response.headers.append((b"retry-after", b"%d" % retry))
+            return response
         version = (
             params.protocol_version
             if params.protocol_version in SUPPORTED_PROTOCOL_VERSIONS
@@ -625,16 +755,20 @@ class McpApp:
         session_id = new_session_id()
         payload = McpSession(
             protocol_version=version,
-            client_name=params.client_info.name,
-            client_version=params.client_info.version,
-            client_capabilities=params.capabilities,
+            client_name=client.name,
+            client_version=client.version,
+            client_capabilities=capabilities,
             connection=connection,
         )
         try:
-            await self.sessions.create(session_id, payload)
+            await self.sessions.create(session_id, payload, owner=principal)
+        except OwnerLimitError:
+            return self._over_owner_limit(request_id)
         except PayloadError as exc:  # too large or too deep to store: the client's doing
             why = f"Invalid initialize params: cannot store them: {exc}"
             return _json_error(400, INVALID_PARAMS, why, request_id)
+        except CapacityError as exc:  # every session is in use: refuse, never log one out
+            return self._at_capacity(exc, request_id)
         except EngineClosedError:
             return _json_error(503, SERVER_BUSY, "Server shutting down", request_id)
         except StorageError as exc:
@@ -656,7 +790,7 @@ class McpApp:
             [_JSON_TYPE, (b"mcp-session-id", session_id.encode())],
         )
 
-    async def _delete(self, headers: dict[bytes, bytes]) -> _Response:
+    async def _delete(self, headers: dict[bytes, bytes], principal: Principal | None) -> _Response:
         raw_version = headers.get(b"mcp-protocol-version")
         if raw_version is not None:
             version = raw_version.decode("latin-1")
@@ -671,7 +805,7 @@ class McpApp:
             return _json_error(400, SESSION_ERROR, f"Bad Request: {exc}")
         try:
             async with self._locks.hold(session_id):
-                deleted = await self.sessions.delete(session_id)
+                deleted = await self.sessions.delete(session_id, owner=principal)
         except EngineClosedError:
             return _json_error(503, SERVER_BUSY, "Server shutting down")
         except StorageError as exc:
@@ -707,40 +841,38 @@ async def serve(
 
     Prints ``engine: serving on <url>`` to *announce* (if given) once listening, and reports
     the bound addresses through *task_status*. Must run in the main thread (it installs
-    signal handlers). Raises :class:`~engine.StorageLockedError` if another
-    engine holds the storage folder. Checkpoint; cancelling it stops the server at once, but the
-    engine's final flush still runs (shielded).
+    signal handlers). Once the sessions are loaded it runs a full garbage collection and
+    freezes what survives (``gc.freeze()``: process-wide, for the life of the process).
+    Raises :class:`~engine.StorageLockedError` if another engine holds the storage folder.
+    Checkpoint; cancelling it stops the server at once, but the engine's final flush still
+    runs (shielded).
     """
     ensure_file_limit(config.max_connections)  # before loading sessions: fail fast
+    auth = Authenticator(config)  # a credentials file it cannot use: fail fast too
     metrics = Metrics()
     async with open_engine(config.engine, payload_type=McpSession) as engine:
+        # What exists now (modules, the loaded sessions' tables) lives as long as the server:
+        # move it out of the collector's generations, so that a full collection walks only what
+        # was allocated since, instead of everything (it stalls every request while it runs).
+        gc.collect()
+        gc.freeze()
         app = McpApp(
             engine,
             config,
             live_sessions=lambda: engine.statistics().live_sessions,
             stats=engine.statistics,
             metrics=metrics,
+            owners=engine.sessions_by_owner,
+            auth=auth,
         )
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-
-            async def wait_for_shutdown() -> None:
-                async with trio.open_nursery() as nursery:
-
-                    async def on_signal() -> None:
-                        async for signum in signals:
-                            log.info("%s: shutting down", signal.Signals(signum).name)
-                            break
-                        nursery.cancel_scope.cancel()
-
-                    nursery.start_soon(on_signal)
-                    if shutdown_trigger is not None:
-                        await shutdown_trigger()
-                        nursery.cancel_scope.cancel()
-
+            wait_for_shutdown = partial(wait_for_signal, signals, shutdown_trigger)
             async with trio.open_nursery() as nursery:
                 binds: list[str] = await nursery.start(
                     partial(serve_app, metrics=metrics), app, config, wait_for_shutdown
                 )
+                if auth.resource is None:
+                    auth.resource = f"{binds[0]}/mcp"
                 storage = config.engine.storage_dir
                 where = (
                     redact_url(config.engine.redis_url or "")

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, Final, cast, final, get_args
+from typing import Final, cast, final, get_args
 
 import msgspec
+import msgspec.structs
 
 from ._payload import ConnectionConfig, TagExpression, TagFilterMode
 
@@ -37,10 +38,21 @@ _TAG = re.compile(rf"[A-Za-z0-9_.:@/-]{{1,{MAX_TAG_LENGTH}}}\Z")
 _MODES: Final = frozenset(get_args(TagFilterMode))
 
 
+_EMPTY_OBJECT: Final = msgspec.Raw(b"{}")
+_encoder: Final = msgspec.json.Encoder()
+
+
 @final
-class McpSession(msgspec.Struct, frozen=True, kw_only=True):
+class McpSession(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """The payload the reference server stores per session: everything it needs to serve the
-    session again after a restart, without the client initializing again."""
+    session again after a restart, without the client initializing again.
+
+    Neither it nor anything it holds is tracked by Python's garbage collector (``gc=False``; the
+    client's capabilities are kept as their JSON text, not as dicts; the tag filter classes
+    are ``gc=False`` Structs too): a server holding many sessions then pays nothing for them
+    in each full collection, which otherwise walks every tracked object and stalls every
+    request while it runs. None of these objects can be part of a reference cycle.
+    """
 
     protocol_version: str
     """The MCP protocol version agreed at ``initialize``."""
@@ -48,14 +60,27 @@ class McpSession(msgspec.Struct, frozen=True, kw_only=True):
     """``clientInfo.name`` from ``initialize``."""
     client_version: str = ""
     """``clientInfo.version`` from ``initialize``."""
-    client_capabilities: dict[str, Any] = {}
-    """The client's ``capabilities`` object, as sent."""
+    client_capabilities: msgspec.Raw = _EMPTY_OBJECT
+    """The client's ``capabilities`` object as JSON text (``msgspec.json.decode`` it for a
+    dict). Records hold it as a JSON object, exactly as before it was kept as text. A dict
+    given here is encoded."""
     connection: ConnectionConfig = ConnectionConfig()
     """The tag filter from the query parameters (the original's ``InboundConnectionConfig``)."""
     counter: int = 0
     """State of the ``count`` demo tool (see :mod:`engine.mcp._tools`)."""
     note: str = ""
     """State of the ``remember``/``recall`` demo tools: the last note stored."""
+
+    def __post_init__(self) -> None:
+        capabilities: object = self.client_capabilities
+        if isinstance(capabilities, Mapping):
+            raw = msgspec.Raw(_encoder.encode(capabilities))
+        elif isinstance(capabilities, msgspec.Raw):
+            # Decoded from a record, it is a view of the whole record: keep only its own bytes.
+            raw = capabilities.copy()
+        else:
+            return  # not a valid payload: the engine's create rejects it (PayloadError)
+        msgspec.structs.force_setattr(self, "client_capabilities", raw)
 
 
 @final

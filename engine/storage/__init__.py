@@ -2,8 +2,9 @@
 
 :class:`Store` is the backend interface: the engine hands a store already-encoded, immutable
 record bytes (:class:`Put`) in coalesced batches (:data:`WriteBatch`), one batch at a time.
-Records are :class:`StoredSession` values encoded with msgspec; :class:`RecordDecoder` reads
-them back without knowing the payload type. :class:`DirectoryStore` keeps one file per session;
+Records are :class:`StoredSession` values encoded with msgspec, each naming its owner (a
+:class:`Principal`) if it has one; :class:`RecordDecoder` reads them back without knowing the
+payload type. :class:`DirectoryStore` keeps one file per session;
 every filesystem call it makes goes through a :class:`FileSystem` (default
 :data:`OS_FILE_SYSTEM`), the seam tests inject faults through.
 
@@ -43,6 +44,7 @@ from ._protocol import coalesce as coalesce
 from ._records import FORMAT_VERSION as FORMAT_VERSION
 from ._records import MAX_RECORD_BYTES as MAX_RECORD_BYTES
 from ._records import CorruptRecordError as CorruptRecordError
+from ._records import Principal as Principal
 from ._records import RecordDecoder as RecordDecoder
 from ._records import StoredSession as StoredSession
 from ._redis import REDIS_URL_SCHEMES as REDIS_URL_SCHEMES
@@ -70,6 +72,7 @@ __all__ = [
     "LoadedRecord",
     "LockState",
     "OsFileSystem",
+    "Principal",
     "ProblemKind",
     "Put",
     "PutKind",

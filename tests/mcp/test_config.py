@@ -5,6 +5,7 @@ EngineConfig."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -214,3 +215,56 @@ def test_operations_doc_lists_every_setting_with_its_default() -> None:
         assert setting.default_text in cells[3] or (
             setting.name == "storage_dir" and "./sessions" in cells[3]
         ), (setting.name, cells[3])
+
+
+def test_auth_settings_from_every_source(tmp_path: Path) -> None:
+    keys = tmp_path / "jwks.json"
+    env = {
+        "ENGINE_AUTH_JWT_KEYS": str(keys),
+        "ENGINE_AUTH_ISSUER": "https://idp.test",
+        "ENGINE_AUTH_AUDIENCE": "none",
+        "ENGINE_AUTH_SCOPES": "mcp:tools, mcp:read",
+        "ENGINE_AUTH_ANONYMOUS": "yes",
+        "ENGINE_MAX_SESSIONS_PER_OWNER": "5",
+    }
+    config = load_server_config(environ=env, flags={"auth_leeway": "2.5"})
+    assert config.auth_jwt_keys == keys and config.auth_issuer == "https://idp.test"
+    assert config.auth_audience is None
+    assert config.auth_scopes == ("mcp:tools", "mcp:read")
+    assert config.auth_anonymous is True and config.auth_leeway == 2.5
+    assert config.engine.max_sessions_per_owner == 5
+    assert ServerConfig.from_mapping(config.to_mapping()) == config
+    assert load_server_config(environ={}, flags={"auth_anonymous": "off"}).auth_anonymous is False
+    defaults = ServerConfig()
+    assert (defaults.auth_jwt_keys, defaults.auth_token_file, defaults.auth_anonymous) == (
+        None,
+        None,
+        False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("source", "field"),
+    [
+        ({"flags": {"auth_anonymous": "maybe"}}, "auth_anonymous"),
+        ({"flags": {"auth_jwt_keys": "keys.json"}}, "auth_issuer"),
+        ({"flags": {"auth_scopes": ","}}, None),
+        ({"tables": {"server": {"auth_issuer": " "}}}, "auth_issuer"),
+        ({"flags": {"max_sessions_per_owner": "0"}}, "max_sessions_per_owner"),
+        ({"tables": {"server": {"auth_anonymous": "true"}}}, "auth_anonymous"),
+        ({"tables": {"server": {"auth_scopes": ["a b"]}}}, "auth_scopes"),
+        ({"tables": {"server": {"auth_leeway": 0}}}, "auth_leeway"),
+    ],
+)
+def test_invalid_auth_settings_name_the_field(source: dict[str, Any], field: str | None) -> None:
+    def build() -> ServerConfig:
+        if "tables" in source:
+            return ServerConfig.from_mapping(source["tables"])
+        return load_server_config(environ={}, flags=source["flags"])
+
+    if field is None:  # an empty list: no scope required
+        assert build().auth_scopes == ()
+        return
+    with pytest.raises(ConfigError) as info:
+        build()
+    assert info.value.field == field

@@ -25,6 +25,7 @@ from engine.mcp.sdk.example import build_server
 from engine.testing import MemoryStore
 
 from .sdk_support import (
+    HEADERS,
     INITIALIZE_BODY,
     LEGACY,
     SdkExampleProcess,
@@ -119,7 +120,7 @@ async def test_a_restore_respects_the_sdk_max_sessions(tmp_path: Path) -> None:
 
 
 async def test_a_session_the_engine_evicted_is_closed_and_gets_404(tmp_path: Path) -> None:
-    engine = EngineConfig(storage_dir=tmp_path / "sessions", max_sessions=1)
+    engine = EngineConfig(storage_dir=tmp_path / "sessions", max_sessions=1, evict_idle_after=0)
     async with serving(engine) as (url, sessions), httpx2.AsyncClient() as http:
         first = await raw_initialize(http, url)
         second = await raw_initialize(http, url)  # the engine evicts the first
@@ -129,6 +130,23 @@ async def test_a_session_the_engine_evicted_is_closed_and_gets_404(tmp_path: Pat
         assert response.status_code == 200
         stats = sessions.statistics()
         assert stats.closed_gone == 1 and stats.live_in_sdk == 1, stats
+
+
+async def test_at_the_bound_a_new_session_is_refused_not_one_in_use(tmp_path: Path) -> None:
+    """Issue 9, item 7: at ``max_sessions``, with every session used within
+    ``evict_idle_after``, a new session gets 503 with Retry-After (the SDK session it opened is
+    closed again) and the session in use keeps working."""
+    engine = EngineConfig(storage_dir=tmp_path / "sessions", max_sessions=1)
+    async with serving(engine) as (url, sessions), httpx2.AsyncClient() as http:
+        first = await raw_initialize(http, url)
+        response = await http.post(url, json=INITIALIZE_BODY, headers=HEADERS)
+        assert response.status_code == 503, response.text
+        assert int(response.headers["retry-after"]) >= 1
+        assert "mcp-session-id" not in response.headers
+        response = await raw_post(http, url, first, "tools/list", request_id=3)
+        assert response.status_code == 200, response.text
+        stats = sessions.statistics()
+        assert stats.live_in_sdk == 1 and stats.engine.refused == 1, stats
 
 
 async def test_concurrent_requests_on_a_hibernated_session_restore_it_once(

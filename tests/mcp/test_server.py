@@ -209,8 +209,11 @@ def test_bad_input_gets_4xx_and_the_server_stays_up(
 def test_hostile_shapes_get_4xx_never_500(tmp_path: Path) -> None:
     """Issue 9 item 8: bodies nested too deeply to decode or store, and an initialize whose
     session would be just over the record limit, get a 4xx JSON-RPC error (they used to get
-    500 and a traceback in the log)."""
-    server = ServerProcess(tmp_path / "sessions", "--log-level", "info")
+    500 and a traceback in the log). The cap on client data is lifted so the record limit is
+    what refuses the last one."""
+    server = ServerProcess(
+        tmp_path / "sessions", "--log-level", "info", "--max-client-data-bytes", "2000000"
+    )
     server.start()
     try:
         with httpx.Client(timeout=20) as client:

@@ -15,7 +15,8 @@ from .support import ServerProcess, call, initialize, notify
 
 _REQUEST_LINE = re.compile(
     r"DEBUG engine\.server: (?P<method>[A-Z]+) (?P<path>/\S*)(?: (?P<rpc>\S+))? -> "
-    r"(?P<status>\d{3}) in (?P<ms>\d+\.\d) ms(?: session (?P<session>[0-9a-f]{8}))?$"
+    r"(?P<status>\d{3}) in (?P<ms>\d+\.\d) ms(?: session (?P<session>[0-9a-f]{8}))?"
+    r"(?: owner (?P<owner>[0-9a-f]{12}))?$"
 )
 
 

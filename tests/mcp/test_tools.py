@@ -22,6 +22,7 @@ from engine import (
     EngineConfig,
     McpApp,
     McpSession,
+    Principal,
     ServerConfig,
     StoredSession,
     open_engine,
@@ -271,22 +272,28 @@ class PausingSessions:
         self.paused = trio.Event()
         self.release = trio.Event()
 
-    async def create(self, session_id: str, payload: McpSession) -> None:
-        await self.engine.create(session_id, payload)
+    async def create(
+        self, session_id: str, payload: McpSession, *, owner: Principal | None = None
+    ) -> None:
+        await self.engine.create(session_id, payload, owner=owner)
 
-    async def replace(self, session_id: str, payload: McpSession) -> bool:
-        return await self.engine.replace(session_id, payload)
+    async def replace(
+        self, session_id: str, payload: McpSession, *, owner: Principal | None = None
+    ) -> bool:
+        return await self.engine.replace(session_id, payload, owner=owner)
 
-    async def get_and_touch(self, session_id: str) -> McpSession | None:
-        result = await self.engine.get_and_touch(session_id)
+    async def get_and_touch(
+        self, session_id: str, *, owner: Principal | None = None
+    ) -> McpSession | None:
+        result = await self.engine.get_and_touch(session_id, owner=owner)
         if self.pause_next:
             self.pause_next = False
             self.paused.set()
             await self.release.wait()
         return result
 
-    async def delete(self, session_id: str) -> bool:
-        return await self.engine.delete(session_id)
+    async def delete(self, session_id: str, *, owner: Principal | None = None) -> bool:
+        return await self.engine.delete(session_id, owner=owner)
 
 
 async def test_a_delete_during_a_tool_call_is_not_undone(tmp_path: Path) -> None:

@@ -68,7 +68,7 @@ def plant_hostile_folder(parent: Path) -> tuple[Path, set[str], dict[str, str]]:
     (folder / "e1.session").write_bytes(b"")
     (folder / "r1.session").write_bytes(os.urandom(300))
     (folder / "w1.session").write_bytes(b'{"hello": "world"}')
-    (folder / "v2.session").write_bytes(valid_record("v2", version=2))
+    (folder / "v9.session").write_bytes(valid_record("v9", version=9))
     (folder / "m1.session").write_bytes(valid_record("someone-else"))
     (folder / "n1.session").write_bytes(
         b'{"v":1,"id":"n1","created_at":1,"last_accessed_at":1,"expires":4e9,"payload":'
@@ -90,7 +90,7 @@ def plant_hostile_folder(parent: Path) -> tuple[Path, set[str], dict[str, str]]:
         "e1.session": "empty",
         "r1.session": "random bytes",
         "w1.session": "valid JSON, wrong schema",
-        "v2.session": "newer format version",
+        "v9.session": "newer format version",
         "m1.session": "record of another id",
         "n1.session": "nested too deeply",
         "h1.session": "huge",
@@ -149,7 +149,7 @@ EXPECTED_KINDS = {
     "e1.session": ProblemKind.CORRUPT,
     "r1.session": ProblemKind.CORRUPT,
     "w1.session": ProblemKind.CORRUPT,
-    "v2.session": ProblemKind.CORRUPT,
+    "v9.session": ProblemKind.CORRUPT,
     "m1.session": ProblemKind.BAD_ID,
     "n1.session": ProblemKind.CORRUPT,
     "h1.session": ProblemKind.TOO_LARGE,

@@ -27,6 +27,7 @@ import msgspec
 import trio
 
 from ... import (
+    CapacityError,
     Engine,
     EngineClosedError,
     EngineConfig,
@@ -145,19 +146,16 @@ def _shielding_last_body(send: Send) -> Send:
     return send_shielded_end
 
 
-async def _error(send: Send, status: int, code: int, text: str) -> None:
-    """Answer with a JSON-RPC error (no id), the shape the SDK's manager uses."""
+async def _error(
+    send: Send, status: int, code: int, text: str, retry_after: float | None = None
+) -> None:
+    """Answer with a JSON-RPC error (no id), the shape the SDK's manager uses; with
+    ``Retry-After`` (whole seconds, at least 1) if *retry_after* is given."""
     body = _json_encode({"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": text}})
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", b"%d" % len(body)),
-            ],
-        }
-    )
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    if retry_after is not None:
+        headers.append((b"retry-after", b"%d" % max(1, math.ceil(retry_after))))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
@@ -563,12 +561,20 @@ class SdkSessions:
                     return
                 holding = False
                 assert session_id is not None
-                if version is not None and not await self._record(
-                    engine, session_id, bytes(body), version, scope
-                ):
-                    held.clear()
-                    await _error(send, 503, -32603, "Server shutting down")
-                    return
+                if version is not None:
+                    try:
+                        recorded = await self._record(
+                            engine, session_id, bytes(body), version, scope
+                        )
+                    except CapacityError as exc:  # the SDK session is closed again
+                        held.clear()
+                        text = "Server busy: as many sessions as it may hold, all in use"
+                        await _error(send, 503, -32603, text, exc.retry_after)
+                        return
+                    if not recorded:
+                        held.clear()
+                        await _error(send, 503, -32603, "Server shutting down")
+                        return
                 for queued in held:
                     await send(queued)
                 held.clear()
@@ -584,8 +590,9 @@ class SdkSessions:
     async def _record(
         self, engine: Engine[SdkSession], session_id: str, body: bytes, version: str, scope: Scope
     ) -> bool:
-        """Store a session the SDK just opened; False if the engine is closing (the SDK session
-        is closed again)."""
+        """Store a session the SDK just opened; False if the engine is closing, and
+        :class:`~engine.CapacityError` if it holds ``max_sessions`` sessions all in use (in both
+        cases the SDK session is closed again)."""
         params = _initialize_params(body)
         if params is None:
             log.warning("session %s: initialize params not readable, not stored", session_id[:64])
@@ -603,6 +610,9 @@ class SdkSessions:
         except EngineClosedError:
             await self._close_gone(session_id)
             return False
+        except CapacityError:
+            await self._close_gone(session_id)
+            raise
         self._counts["recorded"] += 1
         return True
 

@@ -27,10 +27,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ... import EngineConfig
+from .._http import hypercorn_config, wait_for_signal
 from ._adapter import SdkSessions
 
 if TYPE_CHECKING:
-    from hypercorn.config import Config as HypercornConfig
     from starlette.types import ASGIApp
 
     from .. import ServerConfig
@@ -129,22 +129,6 @@ def build_app(
     return sessions
 
 
-def _hypercorn_config(config: ServerConfig) -> HypercornConfig:
-    """Hypercorn settings: one bind, no access log, the timeouts and backlog of *config*."""
-    from hypercorn.config import Config as HypercornConfig
-
-    hc = HypercornConfig()
-    host = f"[{config.host}]" if ":" in config.host else config.host
-    hc.bind = [f"{host}:{config.port}"]
-    hc.graceful_timeout = config.graceful_timeout
-    hc.accesslog = None
-    hc.errorlog = logging.getLogger("hypercorn.error")
-    hc.keep_alive_timeout = config.keep_alive_timeout
-    hc.keep_alive_max_requests = config.keep_alive_max_requests
-    hc.backlog = config.backlog
-    return hc
-
-
 async def serve_example(
     config: ServerConfig,
     *,
@@ -166,7 +150,7 @@ async def serve_example(
     from hypercorn.trio import serve as hypercorn_serve
 
     app = build_app(config.engine, host=config.host, hibernate_after=hibernate_after, tokens=tokens)
-    hc = _hypercorn_config(config)
+    hc = hypercorn_config(config)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
 
@@ -176,18 +160,7 @@ async def serve_example(
                     await trio.sleep(0.05)
 
             async def wait_for_shutdown() -> None:
-                async with trio.open_nursery() as waiting:
-
-                    async def on_signal() -> None:
-                        async for signum in signals:
-                            log.info("%s: shutting down", signal.Signals(signum).name)
-                            break
-                        waiting.cancel_scope.cancel()
-
-                    waiting.start_soon(on_signal)
-                    if shutdown_trigger is not None:
-                        await shutdown_trigger()
-                        waiting.cancel_scope.cancel()
+                await wait_for_signal(signals, shutdown_trigger)
                 nursery.start_soon(keep_closing_streams)
 
             async def run_server(*, task_status: trio.TaskStatus[list[str]]) -> None:
