@@ -380,7 +380,7 @@ def run(quick: bool = False, work_dir: Path | None = None) -> WorkloadResult:
     victims = 20 if quick else 500
     create_s = 0.3 if quick else 3.0
     serve_rounds = 1 if quick else 3
-    serve_s = 1.0 if quick else 8.0
+    serve_s = 0.5 if quick else 8.0
     serve_sessions = 20 if quick else 200
     serve_workers = 32
     params: dict[str, object] = {

@@ -12,6 +12,7 @@ import trio
 from engine import ConnectionConfig, StorageError
 from engine._codec import Codec
 from engine.storage import (
+    FORMAT_VERSION,
     MAX_RECORD_BYTES,
     Put,
     PutKind,
@@ -127,7 +128,8 @@ async def test_hostile_values_read_as_absent_and_are_left_alone(
     async with store._client.pipeline(transaction=False) as pipe:  # binary values
         pipe.set("t:{other}", put("someone-else").data)
         pipe.set("t:{big}", b"{" + b" " * (MAX_RECORD_BYTES + 10) + b"}")
-        pipe.set("t:{v2}", put("v2").data.replace(b'"v":1', b'"v":2'))
+        unknown = FORMAT_VERSION + 1  # a record from a later version of the engine
+        pipe.set("t:{v2}", put("v2").data.replace(b'"v":%d' % FORMAT_VERSION, b'"v":%d' % unknown))
         pipe.set("t:{nottl}", put("nottl").data)
     for session_id in ("hash", "junk", "other", "big", "v2"):
         assert await store.load_one(session_id, CODEC.decode) is None, session_id
