@@ -54,7 +54,7 @@ from ._common import (
 )
 from ._peers import Op, open_redis
 from .request_path import _round
-from .server_load import TOOLS_LIST, _Connection, _create_sessions, _http
+from .server_load import SERVER_SETTINGS, TOOLS_LIST, _Connection, _create_sessions, _http
 
 NAME = "redis_store"
 TITLE = "Workload 8: the Redis store (several engines, one Redis)"
@@ -62,6 +62,11 @@ TASKS: Final = 100
 LONG: Final = 3600.0
 """Flush tick and M trigger out of the measurement (as in workload 1); N keeps its default."""
 SERVE_LINE: Final = re.compile(r"serving on http://([\d.]+):(\d+)/mcp")
+SERVE_FLAGS: Final = [
+    arg for name, value in SERVER_SETTINGS.items() for arg in ("--" + name.replace("_", "-"), value)
+]
+"""workload 7's settings: loopback, no rate limit on new sessions (one client address creates
+them in a burst), no bound."""
 
 
 def unavailable() -> str | None:
@@ -247,7 +252,7 @@ def _cpu_seconds(pid: int) -> float:
 @contextlib.contextmanager
 def _serve(args: Sequence[str], cwd: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "engine", "serve", "--host", "127.0.0.1", "--port", "0", *args],
+        [sys.executable, "-m", "engine", "serve", *SERVE_FLAGS, "--port", "0", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
