@@ -415,15 +415,24 @@ class Actor(Generic[P]):
         """Park *call* if its id must first be loaded from storage; True if parked. Later calls
         on that id queue behind it, so per-id order is kept; other ids are not held up."""
         session_id = call.session_id
-        queued = self._loading.get(session_id)
-        if queued is not None:
-            queued.append(call)
-            return True
+        loading = self._loading
+        if loading:
+            queued = loading.get(session_id)
+            if queued is not None:
+                queued.append(call)
+                return True
         core = self.core
+        entry = core.sessions.get(session_id)
+        if entry is not None and entry.expires > now:
+            return False  # in memory: the request path
+        kind = call.kind
+        if not kind.reads_session or (kind is CREATE and self._shared is not None):
+            # (A shared store's create never replaces: its SET NX guards any stored session.)
+            return False
         # A session past its expiry in memory may have been extended by another engine: the
         # core drops it (as expired) and storage is asked again.
-        if not call.kind.reads_session or core.resident(session_id, now):
-            return False
+        if entry is not None:
+            core.resident(session_id, now)
         assert self.writer is not None
         found, op = self.writer.latest(session_id)
         if found and (op is None or op.kind is not PutKind.UPDATE):

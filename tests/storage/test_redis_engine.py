@@ -10,8 +10,15 @@ from pathlib import Path
 import pytest
 import trio
 
-from engine import ConnectionConfig, Engine, EngineConfig, StorageError, open_engine
-from engine.storage import RedisStore, SessionExistsError
+from engine import (
+    ConnectionConfig,
+    Engine,
+    EngineConfig,
+    SessionOwnedError,
+    StorageError,
+    open_engine,
+)
+from engine.storage import Principal, RedisStore, SessionExistsError
 from engine.testing import RedisCluster, RedisServer
 
 from .conftest import need_redis
@@ -145,6 +152,25 @@ async def test_two_servers_share_sessions_and_tool_state(redis_server: RedisServ
                 return r.status_code == 404
 
             await eventually(gone_on_one)
+
+
+async def test_owners_hold_across_nodes_and_a_create_never_takes_another_owners_id(
+    redis_server: RedisServer,
+) -> None:
+    alice = Principal(issuer="https://idp.example", subject="alice")
+    bob = Principal(issuer="https://idp.example", subject="bob")
+    async with node(redis_server) as (a, _), node(redis_server) as (b, _):
+        await a.create("s", A, owner=alice)
+        assert await b.get("s", owner=bob) is None  # loaded, and not bob's
+        assert await b.get("s", owner=alice) == A
+        with pytest.raises((SessionExistsError, SessionOwnedError)):  # b holds it cached
+            await b.create("s", B, owner=bob)
+        async with node(redis_server) as (c, _):
+            with pytest.raises(SessionExistsError):  # c does not: Redis refuses (SET NX)
+                await c.create("s", B, owner=bob)
+        assert await b.replace("s", B, owner=bob) is False
+        assert await b.delete("s", owner=bob) is False
+        assert await a.get("s", owner=alice) == A
 
 
 async def test_concurrent_misses_share_one_read(redis_server: RedisServer) -> None:
