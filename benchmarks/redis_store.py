@@ -17,8 +17,10 @@ In one process, in interleaved rounds:
 Across processes: **two ``serve`` processes on one Redis** vs one ``serve`` on the directory
 store, one load generator (this process) sending ``tools/list`` over keep-alive connections,
 every worker alternating between two connections on every request (one to each server; both to
-the one server for the directory variant, so the generator does the same work in both). CPU
-seconds of the servers, Redis and the load generator are read from ``/proc`` and reported.
+the one server for the directory variant, so the generator does the same work in both), 64
+workers (enough requests in flight to keep two servers busy; one is CPU-bound with 32 already).
+CPU seconds of the servers, Redis and the load generator, and the time the servers waited for a
+CPU that other processes held, are read from ``/proc`` and reported.
 """
 
 from __future__ import annotations
@@ -249,6 +251,12 @@ def _cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def _waited_seconds(pid: int) -> float:
+    """Seconds the process's main thread waited for a CPU so far (``/proc/PID/schedstat``): the
+    time the neighbours took from it."""
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+
+
 @contextlib.contextmanager
 def _serve(args: Sequence[str], cwd: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
     proc = subprocess.Popen(
@@ -344,13 +352,16 @@ def _serve_round(
             procs, ports = [one, two], (port1, port2)
         watched = {"servers": [p.pid for p in procs], "redis": [redis.pid]}
         before = {k: sum(_cpu_seconds(pid) for pid in pids) for k, pids in watched.items()}
+        waited = sum(_waited_seconds(p.pid) for p in procs)
         figures = trio.run(_alternating_load, ports, sessions, workers, duration)
         after = {k: sum(_cpu_seconds(pid) for pid in pids) for k, pids in watched.items()}
+        waited = sum(_waited_seconds(p.pid) for p in procs) - waited
     # CPU includes session creation (a small part); as a share of one core over the round.
     wall = figures["seconds"]
     figures["servers_cpu_pct"] = (after["servers"] - before["servers"]) / wall * 100
     figures["redis_cpu_pct"] = (after["redis"] - before["redis"]) / wall * 100
     figures["loadgen_cpu_pct"] = figures["loadgen_cpu_s"] / wall * 100
+    figures["servers_waiting_pct"] = waited / wall * 100 / len(procs)
     return figures
 
 
@@ -387,7 +398,7 @@ def run(quick: bool = False, work_dir: Path | None = None) -> WorkloadResult:
     serve_rounds = 1 if quick else 3
     serve_s = 0.5 if quick else 8.0
     serve_sessions = 20 if quick else 200
-    serve_workers = 32
+    serve_workers = 64
     params: dict[str, object] = {
         "sessions": sessions,
         "tasks": TASKS,
@@ -498,7 +509,8 @@ def run(quick: bool = False, work_dir: Path | None = None) -> WorkloadResult:
         Table(
             title=(
                 f"tools/list through serve, {serve_workers} workers alternating two connections "
-                f"(median of {serve_rounds} rounds; CPU in % of one core)"
+                f"(median of {serve_rounds} rounds; CPU in % of one core; serve waiting: % of "
+                "the time each server waited for a CPU the neighbours held)"
             ),
             columns=[
                 "servers",
@@ -509,6 +521,7 @@ def run(quick: bool = False, work_dir: Path | None = None) -> WorkloadResult:
                 "serve CPU",
                 "Redis CPU",
                 "loadgen CPU",
+                "serve waiting",
             ],
             rows=[
                 [
@@ -520,6 +533,7 @@ def run(quick: bool = False, work_dir: Path | None = None) -> WorkloadResult:
                     f["servers_cpu_pct"],
                     f["redis_cpu_pct"],
                     f["loadgen_cpu_pct"],
+                    f["servers_waiting_pct"],
                 ]
                 for variant, f in serves.items()
             ],
