@@ -566,9 +566,31 @@ def run(quick: bool = False, work_dir: Path | None = None) -> WorkloadResult:
 
 
 def main(argv: list[str]) -> None:
+    """``python -m benchmarks.redis_store [--quick]``: the whole workload; ``--serves-only
+    [--serve-rounds N]``: only the two-``serve`` comparison, N rounds of 8 s."""
+    import argparse
+
     from ._common import format_result
 
-    print(format_result(run("--quick" in argv)))
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.redis_store")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--serves-only", action="store_true")
+    parser.add_argument("--serve-rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    if not args.serves_only:
+        print(format_result(run(args.quick)))
+        return
+    reason = unavailable()
+    if reason is not None:
+        raise SystemExit(f"skipped: {reason}")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        (work / "work").mkdir(mode=0o700)
+        with RedisServer(work / "redis") as redis:
+            serves, paired = _two_serves(redis, work / "work", args.serve_rounds, 8.0, 200, 64)
+    for variant, f in serves.items():
+        print(variant, " ".join(f"{k}={v:.1f}" for k, v in f.items()))
+    print("paired ratios:", ", ".join(f"{r:.3f}" for r in paired), f"median {median(paired):.3f}")
 
 
 if __name__ == "__main__":
