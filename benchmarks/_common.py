@@ -18,15 +18,25 @@ from typing import Any, Final
 
 import attrs
 import msgspec
+import trio
 
-from engine import FORMAT_VERSION, ConnectionConfig, Principal, StoredSession, new_session_id
-from engine.storage import file_name_for
+from engine import (
+    FORMAT_VERSION,
+    ConnectionConfig,
+    JournalStore,
+    Principal,
+    Put,
+    StoredSession,
+    new_session_id,
+)
+from engine.storage import RecordDecoder, file_name_for
 
 __all__ = [
     "DEFAULT_PAYLOAD",
     "Goal",
     "Table",
     "WorkloadResult",
+    "folder_bytes",
     "format_result",
     "median",
     "optional_module",
@@ -34,6 +44,7 @@ __all__ = [
     "session_ids",
     "stored_records",
     "versions",
+    "write_journal",
     "write_session_files",
 ]
 
@@ -131,6 +142,47 @@ def write_session_files(
             os.write(fd, data)
         finally:
             os.close(fd)
+
+
+def write_journal(
+    folder: Path, ids: Sequence[str], now: float, rounds: int = 1, batch: int = 20_000
+) -> int:
+    """Fill *folder* with a journal store's files holding *ids*, each written *rounds* times
+    (``rounds - 1`` dead records per live one), through the store itself in batches of *batch*
+    (one write and one fsync each), with compaction off. Returns the bytes of the live records
+    (the engine's encoded records of the last round)."""
+    encoder = msgspec.json.Encoder()
+    decoder: RecordDecoder[ConnectionConfig] = RecordDecoder(ConnectionConfig)
+
+    async def fill() -> int:
+        store = JournalStore(folder, compact_min_records=1 << 62)
+        await store.open()
+        live = 0
+        try:
+            await store.load_all(decoder.decode, now)
+            for round_ in range(rounds):
+                for start in range(0, len(ids), batch):
+                    ops: dict[str, Put | None] = {}
+                    for sid in ids[start : start + batch]:
+                        record = StoredSession(
+                            FORMAT_VERSION, sid, now, now + round_, now + TTL, DEFAULT_PAYLOAD
+                        )
+                        data = encoder.encode(record)
+                        ops[sid] = Put(data, now + TTL)
+                        if round_ == rounds - 1:
+                            live += len(data)
+                    failed = await store.write(ops)
+                    assert not failed, failed
+        finally:
+            await store.aclose()
+        return live
+
+    return trio.run(fill)
+
+
+def folder_bytes(folder: Path) -> int:
+    """Total size of the regular files directly in *folder*."""
+    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
 
 
 def optional_module(name: str) -> Any:

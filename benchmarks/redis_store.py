@@ -113,7 +113,9 @@ async def _request_path(
                 for sid in ids[start : start + 1000]:
                     nursery.start_soon(on_redis.create, sid, DEFAULT_PAYLOAD)
         ops["engine on Redis (cached)"] = on_redis.get_and_touch
-        on_dir = await stack.enter_async_context(open_engine(_config(storage_dir=folder)))
+        on_dir = await stack.enter_async_context(
+            open_engine(_config(storage_dir=folder, store="directory"))
+        )
         ops["engine on directory store"] = on_dir.get_and_touch
         for op in ops.values():
             await _round(op, per_task, warmup)
@@ -342,7 +344,8 @@ def _serve_round(
     with contextlib.ExitStack() as stack:
         if variant == "directory":
             folder = work / f"serve-{time.monotonic_ns()}"
-            proc, port = stack.enter_context(_serve(["--storage-dir", str(folder)], work))
+            args = ["--store", "directory", "--storage-dir", str(folder)]
+            proc, port = stack.enter_context(_serve(args, work))
             procs, ports = [proc], (port, port)
         else:
             prefix = f"serve{time.monotonic_ns()}:"

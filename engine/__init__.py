@@ -34,6 +34,7 @@ from .mcp import load_server_config as load_server_config
 from .mcp import serve as serve
 from .storage import FORMAT_VERSION as FORMAT_VERSION
 from .storage import DirectoryStore as DirectoryStore
+from .storage import JournalStore as JournalStore
 from .storage import LoadReport as LoadReport
 from .storage import Principal as Principal
 from .storage import Put as Put
@@ -52,6 +53,7 @@ __all__ = [
     "EngineConfig",
     "EngineError",
     "InvalidSessionIdError",
+    "JournalStore",
     "LoadReport",
     "McpApp",
     "McpSession",

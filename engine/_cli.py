@@ -1,10 +1,11 @@
 """Command line: ``python -m engine <command>``.
 
-``serve`` runs the reference MCP server; ``inspect``, ``stats`` and ``purge`` work on a storage
-folder; ``token`` makes test credentials for the server's authentication; ``demo`` shows
-sessions surviving a restart. Exit codes: 0 success, 1 error,
-2 usage, 3 missing folder, 4 folder held by a running engine, 5 not a session store,
-6 invalid configuration.
+``serve`` runs the reference MCP server; ``inspect``, ``stats``, ``purge`` and ``verify`` work on
+a storage folder of either store, ``compact`` on a journal store's, ``migrate`` copies one
+folder's sessions into a new folder of the other store; ``token`` makes test credentials for the
+server's authentication; ``demo`` shows sessions surviving a restart. Exit codes: 0 success,
+1 error, 2 usage, 3 missing folder, 4 folder held by a running engine, 5 not a session store,
+6 invalid configuration, 7 damage found (``verify``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import attrs
 import msgspec
@@ -28,20 +29,28 @@ from ._errors import ConfigError, StorageError, StorageLockedError
 from ._token import DEFAULT_AUDIENCE, DEFAULT_ISSUER, DEFAULT_TOKEN_DIR, run_token
 from .mcp import ConnectionConfig, ServerConfig, load_server_config, settings, summarize
 from .storage import (
+    STORE_KINDS,
     DirectoryStore,
     ForeignEntry,
+    JournalStore,
     LockState,
     Principal,
     ProblemKind,
+    Put,
     RecordDecoder,
     ScannedRecord,
     ScanProblem,
+    StoreKind,
+    detect_store,
     probe_lock,
     scan,
+    scan_journal,
+    verify_journal,
 )
 
 __all__ = [
     "EXIT_BAD_CONFIG",
+    "EXIT_DAMAGED",
     "EXIT_ERROR",
     "EXIT_LOCKED",
     "EXIT_MISSING",
@@ -57,6 +66,7 @@ EXIT_MISSING: Final = 3
 EXIT_LOCKED: Final = 4
 EXIT_NOT_A_STORE: Final = 5
 EXIT_BAD_CONFIG: Final = 6
+EXIT_DAMAGED: Final = 7
 
 
 class _CliError(Exception):
@@ -259,6 +269,7 @@ class _Survey:
     """What :func:`engine.storage.scan` and :func:`engine.storage.probe_lock` found."""
 
     lock: LockState
+    kind: StoreKind | None = None
     live: list[ScannedRecord] = attrs.Factory(list)
     expired: list[ScannedRecord] = attrs.Factory(list)
     damaged: list[ScanProblem] = attrs.Factory(list)
@@ -279,9 +290,13 @@ def _survey(path: Path) -> _Survey:
         raise _CliError(EXIT_MISSING, f"{path}: no such folder")
     if not path.is_dir():
         raise _CliError(EXIT_NOT_A_STORE, f"{path}: not a folder, so not a session store")
-    survey = _Survey(lock=probe_lock(path))
     try:
-        for item in scan(path):
+        kind = detect_store(path)
+    except StorageError as exc:
+        raise _CliError(EXIT_ERROR, str(exc)) from None
+    survey = _Survey(lock=probe_lock(path), kind=kind)
+    try:
+        for item in scan_journal(path) if kind == "journal" else scan(path):
             if isinstance(item, ScannedRecord):
                 (survey.expired if item.expired else survey.live).append(item)
             elif isinstance(item, ForeignEntry):
@@ -561,6 +576,9 @@ def _purge(args: argparse.Namespace) -> int:
         )
         return EXIT_OK
 
+    if survey.kind == "journal":
+        return _purge_journal(path)
+
     async def purge() -> DirectoryStore:
         store = DirectoryStore(path)
         await store.open()  # the lock: purging under a running engine would race with it
@@ -592,6 +610,208 @@ def _purge(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _purge_journal(path: Path) -> int:
+    """Purge a journal store: open it (the lock; expired records are not loaded), compact it (the
+    snapshot holds the live sessions only), close."""
+
+    async def purge() -> JournalStore:
+        store = JournalStore(path)
+        await store.open()
+        try:
+            await store.load_all(RecordDecoder().decode, time.time())
+            await store.compact()
+        finally:
+            await store.aclose()
+        return store
+
+    store = _offline(path, purge, "a running engine removes expired sessions itself")
+    report = store.report
+    temps = sum(1 for name in report.removed if name.startswith(".compact."))
+    _out(
+        f"removed {_count(report.expired, 'expired session')} and "
+        f"{_count(temps, 'stale temp file')}; "
+        f"{_count(report.loaded, 'live session')} kept (journal compacted)"
+    )
+    for name, why in report.quarantined:
+        _out(f"quarantined {name}: {why}")
+    for name, why in report.unreadable:
+        _err(f"unreadable {name}: {why}")
+    return EXIT_OK
+
+
+def _offline(path: Path, work: Any, why: str) -> Any:
+    """Run *work* (an async function taking the folder's lock) with trio; a held lock is exit 4
+    (*why* says why stopping the engine matters), another storage error exit 1."""
+    try:
+        return trio.run(work)
+    except StorageLockedError as exc:
+        raise _CliError(EXIT_LOCKED, f"{exc}; stop it first ({why})") from None
+    except StorageError as exc:
+        raise _CliError(EXIT_ERROR, str(exc)) from None
+
+
+# -- verify, compact, migrate -------------------------------------------------------------------
+
+
+def _existing_store(path: Path) -> StoreKind:
+    """The store *path* holds; exit 3 if it is missing, 5 if it holds none."""
+    if not path.exists():
+        raise _CliError(EXIT_MISSING, f"{path}: no such folder")
+    if not path.is_dir():
+        raise _CliError(EXIT_NOT_A_STORE, f"{path}: not a folder, so not a session store")
+    try:
+        kind = detect_store(path)
+    except StorageError as exc:
+        raise _CliError(EXIT_ERROR, str(exc)) from None
+    if kind is None:
+        raise _CliError(
+            EXIT_NOT_A_STORE, f"{path}: not a session store (no session or journal files)"
+        )
+    return kind
+
+
+def _verify(args: argparse.Namespace) -> int:
+    """Read every record of the folder, changing nothing; exit 7 if anything is damaged."""
+    path: Path = args.dir
+    kind = _existing_store(path)
+    lock = probe_lock(path)
+    if lock.held:
+        pid = lock.pid if lock.pid is not None else "?"
+        _err(f"note: a running engine (pid {pid}) holds {path}; its latest writes may be missed")
+    now = time.time()
+    try:
+        if kind == "journal":
+            check = verify_journal(path, now=now)
+            report = check.report
+            damaged = check.damaged
+            _out(f"{path}: journal store")
+            _out(f"files:             {len(report.files)} ({report.bytes} bytes)")
+            _out(f"records:           {report.records} (each checksummed and decoded)")
+            _out(f"live sessions:     {check.live - check.expired}")
+            _out(f"expired sessions:  {check.expired}")
+            _out(f"dead records:      {report.records - check.live} (removed by compaction)")
+            for name, offset, length in report.torn:
+                _out(
+                    f"torn tail:         {name}: {length} bytes at offset {offset} "
+                    "(a write cut short; never acknowledged)"
+                )
+            for name, offset, length in report.damaged:
+                _err(f"damaged: {name}: {length} bytes at offset {offset}")
+            for where, reason in report.bad_records:
+                _err(f"bad record: {where}: {reason}")
+            for name, reason in report.quarantined:
+                _err(f"would be set aside: {name}: {reason}")
+            for name, reason in report.unreadable:
+                _err(f"unreadable: {name}: {reason}")
+            if not report.snapshot_complete:
+                _err(f"damaged: snapshot {report.files[0]} is incomplete")
+        else:
+            live = expired = 0
+            problems: list[ScanProblem] = []
+            for item in scan(path, now=now):
+                if isinstance(item, ScannedRecord):
+                    expired += item.expired
+                    live += not item.expired
+                elif isinstance(item, ScanProblem) and item.kind in _FILE_PROBLEMS:
+                    problems.append(item)
+            damaged = bool(problems)
+            _out(f"{path}: directory store")
+            _out(f"live sessions:     {live}")
+            _out(f"expired sessions:  {expired}")
+            for problem in problems:
+                _err(f"damaged: {problem.name}: {problem.kind.value}: {problem.detail}")
+    except StorageError as exc:
+        raise _CliError(EXIT_ERROR, f"{path}: {exc}") from None
+    _out("damage found" if damaged else "no damage")
+    return EXIT_DAMAGED if damaged else EXIT_OK
+
+
+def _compact(args: argparse.Namespace) -> int:
+    """Compact a journal store now (offline: refuses a folder a running engine holds)."""
+    path: Path = args.dir
+    kind = _existing_store(path)
+    if kind != "journal":
+        _out(f"{path}: a directory store: one file per session, nothing to compact")
+        return EXIT_OK
+
+    async def compact() -> tuple[JournalStore, Any]:
+        store = JournalStore(path)
+        await store.open()
+        try:
+            await store.load_all(RecordDecoder().decode, time.time())
+            result = await store.compact()
+        finally:
+            await store.aclose()
+        return store, result
+
+    store, result = _offline(path, compact, "a running engine compacts by itself")
+    if result is None:
+        _out(f"{path}: nothing to compact")
+        return EXIT_OK
+    dropped = store.report.expired
+    _out(
+        f"compacted {path}: {_count(result.records, 'live session')}, "
+        f"{result.bytes_in} -> {result.bytes_out} bytes in {result.seconds:.2f} s"
+        + (f" ({_count(dropped, 'expired session')} dropped)" if dropped else "")
+    )
+    return EXIT_OK
+
+
+_MIGRATE_BATCH: Final = 10_000
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    """Copy every live session of SRC into the new folder DST, of the other store (or --to).
+    Offline: SRC's lock is taken (a running engine's folder is refused); SRC is changed only as
+    an engine's open changes it (expired sessions, torn tails); DST must hold no store yet."""
+    src: Path = args.src
+    dst: Path = args.dst
+    kind = _existing_store(src)
+    target: StoreKind = args.to or ("journal" if kind == "directory" else "directory")
+    if src.resolve() == dst.resolve():
+        raise _CliError(EXIT_ERROR, "SRC and DST are the same folder")
+    try:
+        if detect_store(dst) is not None:
+            raise _CliError(EXIT_ERROR, f"{dst}: already holds a session store; give a new folder")
+    except StorageError as exc:
+        raise _CliError(EXIT_ERROR, str(exc)) from None
+    encoder = msgspec.json.Encoder()
+
+    async def migrate() -> tuple[int, int]:
+        source = DirectoryStore(src) if kind == "directory" else JournalStore(src)
+        dest = DirectoryStore(dst) if target == "directory" else JournalStore(dst)
+        await source.open()
+        try:
+            decoder: RecordDecoder[Any] = RecordDecoder()
+            records = await source.load_all(decoder.decode, time.time())
+            await dest.open()
+            try:
+                for start in range(0, len(records), _MIGRATE_BATCH):
+                    batch = {
+                        r.id: Put(encoder.encode(r), r.expires)
+                        for r in records[start : start + _MIGRATE_BATCH]
+                    }
+                    failed = await dest.write(batch)
+                    if failed:
+                        sid, error = next(iter(failed.items()))
+                        raise StorageError(f"cannot write session {sid} to {dst}: {error}")
+            finally:
+                await dest.aclose()
+        finally:
+            await source.aclose()
+        if isinstance(source, JournalStore):
+            return len(records), source.report.expired
+        return len(records), source.report.expired_removed
+
+    copied, expired = _offline(src, migrate, "migrate copies a stopped engine's folder")
+    _out(
+        f"migrated {_count(copied, 'session')} from the {kind} store in {src} to a {target} "
+        f"store in {dst}" + (f"; {_count(expired, 'expired session')} left out" if expired else "")
+    )
+    _out(f"{src} still holds them; start the engine on {dst}, then remove {src}")
+    return EXIT_OK
+
+
 def _revoke(path: Path, survey: _Survey, owners: _OwnerFilter, *, dry_run: bool) -> int:
     """``purge --owner``: delete every live session of the selected owners (durably, under
     the folder's lock, like a running engine would); expired ones go as in a plain purge."""
@@ -606,8 +826,8 @@ def _revoke(path: Path, survey: _Survey, owners: _OwnerFilter, *, dry_run: bool)
         )
         return EXIT_OK
 
-    async def revoke() -> tuple[DirectoryStore, list[str], dict[str, Exception]]:
-        store = DirectoryStore(path)
+    async def revoke() -> tuple[DirectoryStore | JournalStore, list[str], dict[str, Exception]]:
+        store = JournalStore(path) if survey.kind == "journal" else DirectoryStore(path)
         await store.open()  # the lock: a running engine would write the sessions back
         try:
             decoder: RecordDecoder[object] = RecordDecoder()
@@ -634,9 +854,13 @@ def _revoke(path: Path, survey: _Survey, owners: _OwnerFilter, *, dry_run: bool)
     for sid, error in failed.items():
         _err(f"could not revoke {sid}: {error}")
     report = store.report
+    if isinstance(store, JournalStore):
+        expired = store.report.expired
+    else:
+        expired = store.report.expired_removed
     _out(
         f"revoked {_count(len(ids) - len(failed), 'session')} of owner {who}; "
-        f"removed {_count(report.expired_removed, 'expired session')}; "
+        f"removed {_count(expired, 'expired session')}; "
         f"{_count(report.loaded - len(ids) + len(failed), 'live session')} kept"
     )
     for name, why in report.quarantined:
@@ -683,7 +907,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m engine",
         description="A session engine for trio servers.",
         epilog="exit codes: 0 ok, 1 error, 2 usage, 3 missing folder, 4 folder in use by a "
-        "running engine, 5 not a session store, 6 invalid configuration",
+        "running engine, 5 not a session store, 6 invalid configuration, 7 damage found",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -762,6 +986,37 @@ def _parser() -> argparse.ArgumentParser:
                 "--dry-run", action="store_true", help="list what would go; change nothing"
             )
 
+    verify = commands.add_parser(
+        "verify",
+        help="check every record of a storage folder (exit 7 if damaged)",
+        description="Read every record of a storage folder of either store and print a summary, "
+        "changing nothing. The journal store: every frame's checksum and every record, also "
+        "the ones newer records replaced. Exit 7 if anything is damaged; a torn tail (a write a "
+        "crash cut short) is reported but is not damage.",
+    )
+    verify.add_argument("dir", nargs="?", type=Path, default=Path("sessions"), help="folder")
+    compact = commands.add_parser(
+        "compact",
+        help="compact a journal store now (engine must be stopped)",
+        description="Rewrite a journal store's live sessions into one snapshot and remove the "
+        "files it replaces (what a running engine does by itself when dead records pile up). "
+        "Refuses a folder a running engine holds.",
+    )
+    compact.add_argument("dir", nargs="?", type=Path, default=Path("sessions"), help="folder")
+    migrate = commands.add_parser(
+        "migrate",
+        help="copy a storage folder's sessions into a new folder of the other store",
+        description="Copy every live session of SRC into DST, a new (missing or empty) folder, "
+        "as the other store (or --to). Offline: refuses a SRC a running engine holds. SRC keeps "
+        "its sessions (it is opened as an engine opens it); start the engine on DST, then "
+        "remove SRC.",
+    )
+    migrate.add_argument("src", type=Path, help="the folder to copy")
+    migrate.add_argument("dst", type=Path, help="a new folder")
+    migrate.add_argument(
+        "--to", choices=STORE_KINDS, default=None, help="the store DST gets (default: the other)"
+    )
+
     token = commands.add_parser(
         "token",
         help="make a test key pair and a bearer token, to try authentication locally",
@@ -818,6 +1073,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _stats(args)
             if args.command == "purge":
                 return _purge(args)
+            if args.command == "verify":
+                return _verify(args)
+            if args.command == "compact":
+                return _compact(args)
+            if args.command == "migrate":
+                return _migrate(args)
             if args.command == "token":
                 return _token_command(args)
             trio.run(run_demo, args.dir.resolve())

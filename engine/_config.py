@@ -16,13 +16,13 @@ import math
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Final, Literal, final, get_args, get_origin
+from typing import Any, Final, Literal, final
 
 import attrs
 import cattrs
 
 from ._errors import ConfigError
-from .storage import REDIS_URL_SCHEMES, redact_url
+from .storage import DEFAULT_STORE, REDIS_URL_SCHEMES, STORE_KINDS, StoreKind, redact_url
 
 __all__ = [
     "NONE_WORDS",
@@ -35,7 +35,6 @@ __all__ = [
     "Validator",
     "env_values",
     "integer",
-    "one_of",
     "non_negative_seconds",
     "optional",
     "seconds",
@@ -84,12 +83,12 @@ def integer(minimum: int, maximum: int | None = None) -> Validator:
     return check
 
 
-def one_of(choices: tuple[str, ...]) -> Validator:
-    """One of *choices* (strings)."""
+def _choice(values: tuple[str, ...]) -> Validator:
+    """One of *values*."""
 
     def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-        if value not in choices:
-            raise ConfigError(attribute.name, f"must be one of {', '.join(choices)}, got {value!r}")
+        if value not in values:
+            raise ConfigError(attribute.name, f"must be one of {', '.join(values)}, got {value!r}")
 
     return check
 
@@ -119,11 +118,12 @@ def _path_or_none(instance: object, attribute: attrs.Attribute[Any], value: obje
         raise ConfigError(attribute.name, f"must be a path or None, got {value!r}")
 
 
-StoreName = Literal["directory", "redis"]
-"""The stores :class:`EngineConfig` can name (``store``); :func:`~engine.open_engine` builds
-each. A new store adds its name here and its case in ``engine/_open.py``."""
+StoreName = StoreKind | Literal["redis"]
+"""The stores :class:`EngineConfig` can name (``store``): the folder stores
+(:data:`~engine.storage.STORE_KINDS`) and ``"redis"``. :func:`~engine.open_engine` builds each
+(``engine/_open.py``); a new store adds its name here and its case there."""
 
-STORE_NAMES: Final[tuple[str, ...]] = get_args(StoreName)
+STORE_NAMES: Final[tuple[str, ...]] = (*STORE_KINDS, "redis")
 
 
 def _redis_url(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -159,23 +159,31 @@ class EngineConfig:
     Durations are in seconds (int or float).
     """
 
-    store: StoreName = attrs.field(
-        default="directory",
-        validator=one_of(STORE_NAMES),
-        metadata={HELP: "where sessions live: directory (storage_dir) or redis (redis_url)"},
-    )
-    """Where sessions live: ``directory`` (``storage_dir``, or memory only without it) or
-    ``redis`` (a Redis or Valkey shared by several engines: ``redis_url``).
-    :func:`~engine.open_engine` builds the store."""
-
     storage_dir: Path | None = attrs.field(
         default=None,
         converter=_to_path,
         validator=_path_or_none,
         metadata={HELP: "session folder ('none': memory only)"},
     )
-    """Folder holding one file per session; ``None`` keeps sessions in memory only (nothing
-    touches disk and no dirty state is kept)."""
+    """Folder holding the sessions (see :attr:`store`); ``None`` keeps sessions in memory only
+    (nothing touches disk and no dirty state is kept)."""
+
+    store: StoreName | None = attrs.field(
+        default=None,
+        validator=optional(_choice(STORE_NAMES)),
+        metadata={
+            HELP: "store in storage_dir: journal or directory (default: the one the folder "
+            f"holds; a new folder gets the {DEFAULT_STORE} store); or redis (redis_url)"
+        },
+    )
+    """Which store keeps the sessions in :attr:`storage_dir`: ``"journal"`` (an append-only
+    journal, one fsync per batch of writes, compacted in the background) or ``"directory"`` (one
+    file per session). ``None`` (the default): the store the folder already holds, so a folder
+    written by either keeps opening with it; a new or empty folder gets the
+    :data:`~engine.storage.DEFAULT_STORE` (the journal; docs/design.md says why). A folder that
+    holds the other store than the one named is refused at open (migrate it:
+    ``python -m engine migrate``). ``"redis"``: sessions in a Redis or Valkey shared by several
+    engines (:attr:`redis_url`; :attr:`storage_dir` is not used)."""
 
     ttl: float = attrs.field(
         default=24 * 3600.0,
@@ -405,17 +413,6 @@ def _typed_optional_str(value: object, t: object) -> str | None:
     return None if value is None else _typed_str(value, t)
 
 
-def _is_literal(t: object) -> bool:
-    return get_origin(t) is Literal
-
-
-def _literal(value: object, t: object) -> object:
-    choices = get_args(t)
-    if value not in choices:
-        raise ValueError(f"must be one of {', '.join(map(str, choices))}, got {value!r}")
-    return value
-
-
 def _typed_bool(value: object, _: object) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"expected true or false, got {value!r}")
@@ -489,6 +486,19 @@ def _text_path(value: object, _: object) -> Path | None:
     return None if str(value).strip().lower() in NONE_WORDS else Path(str(value))
 
 
+def _typed_store(value: object, _: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"expected a store name, got {value!r}")
+    return value  # checked against the names by the validator
+
+
+def _text_store(value: object, _: object) -> str | None:
+    text = str(value).strip()
+    return None if text.lower() in NONE_WORDS else text
+
+
 def _converter(
     number: Any,
     integer: Any,
@@ -498,6 +508,7 @@ def _converter(
     flag: Any,
     texts: Any,
     path: Any,
+    store: Any,
 ) -> cattrs.Converter:
     converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=False)
     converter.register_structure_hook(float, number)
@@ -505,10 +516,10 @@ def _converter(
     converter.register_structure_hook(int | None, optional_integer)
     converter.register_structure_hook(str, text)
     converter.register_structure_hook(str | None, optional_text)
-    converter.register_structure_hook_func(_is_literal, _literal)
     converter.register_structure_hook(bool, flag)
     converter.register_structure_hook_func(lambda t: t == tuple[str, ...], texts)
     converter.register_structure_hook(Path | None, path)
+    converter.register_structure_hook_func(lambda t: t == StoreName | None, store)
     converter.register_unstructure_hook(Path, str)
     converter.register_unstructure_hook(tuple, list)
     return converter
@@ -523,6 +534,7 @@ TYPED: Final = _converter(
     _typed_bool,
     _typed_strings,
     _typed_path,
+    _typed_store,
 )
 """Converter for values that already have their type (mappings, TOML, JSON): numbers must be
 numbers (``ttl = "60"`` is refused), booleans booleans, lists of strings (or one
@@ -537,6 +549,7 @@ TEXT: Final = _converter(
     _text_bool,
     _text_strings,
     _text_path,
+    _text_store,
 )
 """Converter for text (environment variables, flags): numbers are parsed, a comma-separated list
 becomes a tuple, ``true``/``false`` (``yes``/``no``, ``on``/``off``, ``1``/``0``) a bool,

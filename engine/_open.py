@@ -8,12 +8,12 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, Any, TypeVar, assert_never, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from ._config import EngineConfig
 from ._engine import Engine
 from ._lifecycle import run_engine
-from .storage import DirectoryStore, RedisStore, Store
+from .storage import FolderStore, RedisStore, Store
 
 if TYPE_CHECKING:
     from .mcp import ConnectionConfig
@@ -55,7 +55,11 @@ def open_engine(
 ) -> AbstractAsyncContextManager[Engine[Any]]:
     """Open an engine: load what storage holds, start the actor, yield the :class:`Engine`.
 
-    Storage is *store* if given, else the one ``config.store`` names (:func:`store_for`).
+    Storage is *store* if given (any :class:`~engine.Store`, say one of your own), else the
+    one ``config.store`` names (:func:`store_for`): with ``"redis"``, a
+    :class:`~engine.storage.RedisStore` on ``config.redis_url``; else the folder store on
+    ``config.storage_dir`` (a :class:`~engine.storage.FolderStore`: by default the store the
+    folder already holds, and the journal store for a new folder), else none (memory only).
     *payload_type* is any attrs class, msgspec Struct or dataclass (by default the MCP
     :class:`~engine.ConnectionConfig`); payloads round-trip exactly through storage.
     *wall_time* is read once, as the anchor for persisted timestamps (tests pass a fake to
@@ -77,21 +81,21 @@ def open_engine(
 
 
 def store_for(config: EngineConfig, environ: Mapping[str, str] | None = None) -> Store | None:
-    """The store ``config.store`` names, not opened yet: for ``directory``, a
-    :class:`~engine.DirectoryStore` on ``config.storage_dir`` (``None``, memory only, without
-    it); for ``redis``, a :class:`~engine.storage.RedisStore` on ``config.redis_url`` (password
-    from :data:`REDIS_PASSWORD_VARIABLE` of *environ*, default :data:`os.environ`, if set)."""
-    match config.store:
-        case "directory":
-            return None if config.storage_dir is None else DirectoryStore(config.storage_dir)
-        case "redis":
-            assert config.redis_url is not None  # checked by EngineConfig
-            env = os.environ if environ is None else environ
-            return RedisStore(
-                config.redis_url,
-                prefix=config.redis_prefix,
-                timeout=config.redis_timeout,
-                password=env.get(REDIS_PASSWORD_VARIABLE) or None,
-            )
-        case other:
-            assert_never(other)
+    """The store ``config.store`` names, not opened yet: for ``redis``, a
+    :class:`~engine.storage.RedisStore` on ``config.redis_url`` (password from
+    :data:`REDIS_PASSWORD_VARIABLE` of *environ*, default :data:`os.environ`, if set); else a
+    :class:`~engine.storage.FolderStore` on ``config.storage_dir`` of the folder store named (or
+    found there), or ``None`` (memory only) without a folder."""
+    kind = config.store
+    if kind == "redis":
+        assert config.redis_url is not None  # checked by EngineConfig
+        env = os.environ if environ is None else environ
+        return RedisStore(
+            config.redis_url,
+            prefix=config.redis_prefix,
+            timeout=config.redis_timeout,
+            password=env.get(REDIS_PASSWORD_VARIABLE) or None,
+        )
+    if config.storage_dir is None:
+        return None
+    return FolderStore(config.storage_dir, kind)

@@ -29,7 +29,7 @@ def _make_store(path: Path) -> tuple[list[str], list[str]]:
     expired = ["stream-old-1"]
 
     async def fill(ids: list[str], wall_time: float, query: dict[str, list[str]]) -> None:
-        config = EngineConfig(storage_dir=path, ttl=100)
+        config = EngineConfig(storage_dir=path, store="directory", ttl=100)
         async with open_engine(
             config, payload_type=McpSession, wall_time=lambda: wall_time
         ) as engine:
@@ -404,7 +404,9 @@ def owned(tmp_path: Path) -> Path:
     path = tmp_path / "sessions"
 
     async def fill() -> None:
-        async with open_engine(EngineConfig(storage_dir=path), payload_type=McpSession) as engine:
+        async with open_engine(
+            EngineConfig(storage_dir=path, store="directory"), payload_type=McpSession
+        ) as engine:
             payload = McpSession(protocol_version="2025-06-18", client_name="c")
             for sid, owner in (
                 ("a1", ALICE),

@@ -54,7 +54,9 @@ RICH = ConnectionConfig(
 
 
 def config(tmp_path: Path, **kw: Any) -> EngineConfig:
-    return EngineConfig(storage_dir=tmp_path / "store", **kw)
+    """On a directory store: these tests look at its files (the journal store's own tests are
+    in tests/storage/test_journal*.py; the contract tests run on both)."""
+    return EngineConfig(storage_dir=tmp_path / "store", **({"store": "directory"} | kw))
 
 
 def stored(tmp_path: Path, session_id: str) -> dict[str, Any] | None:

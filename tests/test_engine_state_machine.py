@@ -1,10 +1,11 @@
-"""The running engine as a state machine against a plain model.
+"""The running engine as a state machine against a plain model, on each store.
 
-The engine runs in its own thread (``trio.run`` with a ``MockClock``, a real directory store) and
-Hypothesis drives it through ``trio.from_thread``: create, get, touch, delete, flush, advance time
-(the flush tick, the time trigger and expiry fire) and close-and-reopen. Every reply must match the
-model; after every reopen, the sessions and all their fields equal the model's and the folder
-holds exactly one file per live session.
+The engine runs in its own thread (``trio.run`` with a ``MockClock``, a real directory or journal
+store) and Hypothesis drives it through ``trio.from_thread``: create, get, touch, delete, flush,
+advance time (the flush tick, the time trigger and expiry fire) and close-and-reopen. Every reply
+must match the model; after every reopen, the sessions and all their fields equal the model's
+and the folder holds exactly the live sessions (the directory store: one file each; the journal
+store: one live record each, besides expired ones its compaction has not dropped yet).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from engine import ConnectionConfig, Engine, EngineConfig, SessionInfo, open_engine
 
+from .storage.stores import stored
 from .strategies import LONG, simple_payloads
 
 T = TypeVar("T")
@@ -36,9 +38,10 @@ pool_ids = st.sampled_from(POOL)
 class EngineThread:
     """An engine running in a thread of its own, driven from this one."""
 
-    def __init__(self, folder: Path, wall: float) -> None:
+    def __init__(self, folder: Path, wall: float, kind: str) -> None:
         self.config = EngineConfig(
             storage_dir=folder,
+            store=kind,  # type: ignore[arg-type]
             ttl=TTL,
             persist_requests=3,
             persist_interval=10,
@@ -90,18 +93,20 @@ class EngineThread:
 
 
 class EngineMachine(RuleBasedStateMachine):
+    KIND = "directory"
+
     def __init__(self) -> None:
         super().__init__()
-        self.folder = Path(tempfile.mkdtemp())
+        self.folder = Path(tempfile.mkdtemp()) / "store"
         self.now = BASE
         self.model: dict[str, SessionInfo[ConnectionConfig]] = {}
-        self.host = EngineThread(self.folder, self.now)
+        self.host = EngineThread(self.folder, self.now, self.KIND)
 
     def teardown(self) -> None:
         try:
             self.host.close()
         finally:
-            shutil.rmtree(self.folder)
+            shutil.rmtree(self.folder.parent)
 
     def live(self, sid: str) -> SessionInfo[ConnectionConfig] | None:
         info = self.model.get(sid)
@@ -152,13 +157,16 @@ class EngineMachine(RuleBasedStateMachine):
     @rule()
     def close_and_reopen(self) -> None:
         self.host.close()
-        self.host = EngineThread(self.folder, self.now)
+        self.host = EngineThread(self.folder, self.now, self.KIND)
         live = {sid: info for sid in POOL if (info := self.live(sid)) is not None}
         for sid in POOL:
             assert self.host.run(self.host.engine.info, sid) == live.get(sid), sid
         assert self.host.engine.statistics().live_sessions == len(live)
-        files = {p.name for p in self.folder.iterdir()} - {".lock"}
-        assert len(files) == len(live), files
+        if self.KIND == "directory":
+            files = {p.name for p in self.folder.iterdir()} - {".lock"}
+            assert len(files) == len(live), files
+        held = {sid for sid, r in stored(self.KIND, self.folder).items() if r.expires > self.now}
+        assert held == set(live), held
 
     @invariant()
     def fields_match(self) -> None:
@@ -166,7 +174,13 @@ class EngineMachine(RuleBasedStateMachine):
             assert self.host.run(self.host.engine.info, sid) == self.live(sid), sid
 
 
-EngineMachine.TestCase.settings = settings(
-    max_examples=300 if LONG else 40, stateful_step_count=50 if LONG else 25
-)
+class JournalMachine(EngineMachine):
+    KIND = "journal"
+
+
+for machine in (EngineMachine, JournalMachine):
+    machine.TestCase.settings = settings(
+        max_examples=300 if LONG else 40, stateful_step_count=50 if LONG else 25
+    )
 TestEngineStateMachine = EngineMachine.TestCase
+TestEngineStateMachineOnJournal = JournalMachine.TestCase

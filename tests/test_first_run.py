@@ -16,7 +16,7 @@ import pytest
 
 from engine._cli import main
 
-from .mcp.support import ServerProcess, call, initialize
+from .mcp.support import ServerProcess, call, has_session, initialize
 
 
 def run_demo(cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -56,7 +56,7 @@ def test_readme_steps_work_in_order(tmp_path: Path) -> None:
     assert code == 0, err
     assert "quarantine" not in err
     assert not (tmp_path / "sessions" / "quarantine").exists()
-    assert f"{sid}.session" in os.listdir(tmp_path / "sessions")
+    assert has_session(tmp_path / "sessions", sid)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo-sessions", "sessions"]
 
 

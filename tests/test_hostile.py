@@ -1,7 +1,9 @@
-"""Hostile input: fuzzed ids and payloads through the public API.
+"""Hostile input: fuzzed ids and payloads through the public API, on every store.
 
-Invalid ids touch no file and valid ones only their own; payloads round-trip or are rejected.
-A corrupt storage folder is in tests/storage/test_hostile_folder.py.
+Invalid ids touch no file and valid ones only their own (the directory store's file of that id;
+the journal store never names a file after an id); payloads round-trip or are rejected. A
+corrupt storage folder is in tests/storage/test_hostile_folder.py (directory store) and
+tests/storage/test_journal_recovery.py (journal store).
 """
 
 from __future__ import annotations
@@ -29,54 +31,75 @@ from engine import (
     open_engine,
 )
 from engine.storage import file_name_for
+from engine.storage._journal_format import parse_name
 
+from .storage.stores import STORE_KINDS, make_store
 from .strategies import LONG, hostile_ids, is_valid_id, payloads
 
 P = ConnectionConfig(tags=("ok",))
 
 
+def journal_names(names: set[str]) -> set[str]:
+    return {n for n in names if n.endswith((".journal", ".snapshot"))}
+
+
+@pytest.mark.parametrize("kind", STORE_KINDS)
 @settings(max_examples=300 if LONG else 40)
-@given(st.lists(hostile_ids, min_size=1, max_size=8))
-def test_fuzzed_ids_touch_no_file_outside_their_own(ids: list[Any]) -> None:
+@given(ids=st.lists(hostile_ids, min_size=1, max_size=8))
+def test_fuzzed_ids_touch_no_file_outside_their_own(kind: str, ids: list[Any]) -> None:
     parent = Path(tempfile.mkdtemp())
     try:
         (parent / "sentinel").write_text("outside")
         folder = parent / "store"
 
+        def own(sid: str) -> set[str]:
+            """The names a write for *sid* may add: its file, or journal segments."""
+            return {file_name_for(sid)} if kind == "directory" else set()
+
+        def names() -> set[str]:
+            found = set(os.listdir(folder))
+            return found if kind == "directory" else found - journal_names(found)
+
         async def main() -> None:
-            async with open_engine(EngineConfig(storage_dir=folder, ttl=3600)) as e:
+            async with open_engine(EngineConfig(ttl=3600), store=make_store(kind, folder)) as e:
                 for sid in ids:
-                    before = set(os.listdir(folder))
+                    before = names()
                     if not is_valid_id(sid):
                         for call in (e.create, e.get, e.touch, e.delete, e.info):
                             args = (sid, P) if call == e.create else (sid,)
                             with pytest.raises(InvalidSessionIdError):
                                 await call(*args)
-                        assert set(os.listdir(folder)) == before
+                        assert names() == before
                         continue
                     await e.create(sid, P)
-                    assert set(os.listdir(folder)) == before | {file_name_for(sid)}
+                    assert names() == before | own(sid)
                     assert await e.get_and_touch(sid) == P
                     assert await e.delete(sid)
-                    assert set(os.listdir(folder)) == before - {file_name_for(sid)}
+                    assert names() == before - own(sid)
+                    if kind == "journal":  # only numbered files: no name holds an id
+                        for name in journal_names(set(os.listdir(folder))):
+                            assert parse_name(name) is not None, name
 
         trio.run(main)
         assert sorted(os.listdir(parent)) == ["sentinel", "store"]
         assert (parent / "sentinel").read_text() == "outside"
-        assert set(os.listdir(folder)) == {".lock"}
+        assert names() == {".lock"}
     finally:
         shutil.rmtree(parent)
 
 
+@pytest.mark.parametrize("kind", STORE_KINDS)
 @settings(max_examples=200 if LONG else 30)
-@given(st.lists(payloads, min_size=1, max_size=4))
-def test_fuzzed_payloads_round_trip_or_are_rejected(values: list[ConnectionConfig]) -> None:
-    folder = Path(tempfile.mkdtemp())
+@given(values=st.lists(payloads, min_size=1, max_size=4))
+def test_fuzzed_payloads_round_trip_or_are_rejected(
+    kind: str, values: list[ConnectionConfig]
+) -> None:
+    folder = Path(tempfile.mkdtemp()) / "store"
     try:
         accepted: dict[str, ConnectionConfig] = {}
 
         async def write() -> None:
-            async with open_engine(EngineConfig(storage_dir=folder)) as e:
+            async with open_engine(EngineConfig(), store=make_store(kind, folder)) as e:
                 for n, payload in enumerate(values):
                     try:
                         msgspec.json.encode(payload)
@@ -95,14 +118,14 @@ def test_fuzzed_payloads_round_trip_or_are_rejected(values: list[ConnectionConfi
                 await e.create("after", P)
 
         async def read() -> None:
-            async with open_engine(EngineConfig(storage_dir=folder)) as e:
+            async with open_engine(EngineConfig(), store=make_store(kind, folder)) as e:
                 for sid, payload in accepted.items():
                     assert await e.get(sid) == payload
 
         trio.run(write)
         trio.run(read)
     finally:
-        shutil.rmtree(folder)
+        shutil.rmtree(folder.parent)
 
 
 @attrs.frozen

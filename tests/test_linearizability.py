@@ -21,20 +21,23 @@ linearizable if the history of each id is).
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
 import trio
 import trio.testing
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine import ConnectionConfig, Engine, EngineConfig, open_engine
+from engine import ConnectionConfig, Engine, EngineConfig, Store, open_engine
 from engine.testing import MemoryStore
 
-from .strategies import pool_ids, simple_payloads
+from .storage.stores import STORE_KINDS, make_store
+from .strategies import LONG, pool_ids, simple_payloads
 
 TTL = 10.0
 WALL_AT_OPEN = 1000.0
@@ -94,7 +97,9 @@ scenarios = st.fixed_dictionaries(
 )
 
 
-def run_scenario(s: dict[str, Any]) -> History:
+def run_scenario(s: dict[str, Any], folder: Path | None = None, kind: str = "") -> History:
+    """Run scenario *s*; with *folder*, on a real store of *kind* there instead of the
+    in-memory one."""
     clock = trio.testing.MockClock()
     events = 0
     done: list[Done] = []
@@ -137,7 +142,9 @@ def run_scenario(s: dict[str, Any]) -> History:
             flush_interval=2.0,
             queue_size=s["queue_size"],
         )
-        store = MemoryStore(delays=s["delays"]) if s["storage"] else None
+        store: Store | None = MemoryStore(delays=s["delays"]) if s["storage"] else None
+        if folder is not None:
+            store = make_store(kind, folder)
         anchor = WALL_AT_OPEN - trio.current_time()
         timeline.append((0, trio.current_time()))
         async with open_engine(config, store=store, wall_time=lambda: WALL_AT_OPEN) as e:
@@ -244,8 +251,10 @@ def linearize(history: History, requests: list[Done], model: Model) -> list[Done
     return order if search((0,) * len(queues), None, 0) else None
 
 
-def check(s: dict[str, Any], model: Model = model_step) -> None:
-    history = run_scenario(s)
+def check(
+    s: dict[str, Any], model: Model = model_step, folder: Path | None = None, kind: str = ""
+) -> None:
+    history = run_scenario(s, folder, kind)
     replied = [d for d in history.done if d.reply != "cancelled"]
     # 1. Pre-cancelled requests raised Cancelled, the others returned; each returned request was
     # applied once and no cancelled one was.
@@ -271,6 +280,17 @@ def check(s: dict[str, Any], model: Model = model_step) -> None:
 @given(scenarios)
 def test_replies_are_explained_by_the_apply_order(s: dict[str, Any]) -> None:
     check(s)
+
+
+@pytest.mark.parametrize("kind", STORE_KINDS)
+@settings(max_examples=200 if LONG else 15)
+@given(s=scenarios)
+def test_replies_are_explained_on_a_real_store(kind: str, s: dict[str, Any]) -> None:
+    """The same on the real stores (their writes in worker threads, real files on tmpfs where
+    there is one): durability waits take real time while the clock only moves by the jumps."""
+    base = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
+    with tempfile.TemporaryDirectory(dir=base) as tmp:
+        check(s, folder=Path(tmp) / "store", kind=kind)
 
 
 SIMPLE = {

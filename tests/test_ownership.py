@@ -517,7 +517,7 @@ async def test_sessions_by_owner_lists_the_largest_first() -> None:
 
 
 async def test_the_owner_is_in_the_record_and_survives_restarts(folder: Path) -> None:
-    config = EngineConfig(storage_dir=folder)
+    config = EngineConfig(storage_dir=folder, store="directory")  # reads its files
     async with open_engine(config) as e:
         await e.create("mine", A, owner=ALICE)
         await e.create("open", A)

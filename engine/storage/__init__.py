@@ -4,8 +4,10 @@
 record bytes (:class:`Put`) in coalesced batches (:data:`WriteBatch`), one batch at a time.
 Records are :class:`StoredSession` values encoded with msgspec, each naming its owner (a
 :class:`Principal`) if it has one; :class:`RecordDecoder` reads them back without knowing the
-payload type. :class:`DirectoryStore` keeps one file per session;
-every filesystem call it makes goes through a :class:`FileSystem` (default
+payload type. :class:`DirectoryStore` keeps one file per session; :class:`JournalStore` appends
+every write to a journal (one fsync per batch) and compacts it; :class:`FolderStore` opens
+whichever of the two a folder holds (:func:`detect_store`). Every filesystem call either makes
+goes through a :class:`FileSystem` (default
 :data:`OS_FILE_SYSTEM`), the seam tests inject faults through.
 
 :class:`RedisStore` shares sessions between engines on several machines: it is a
@@ -18,7 +20,9 @@ password; :data:`REDIS_URL_SCHEMES` are the URLs it accepts.
 Inspection, for tools beside a running engine (the ``inspect``/``stats``/``purge`` commands):
 :func:`scan` reports every entry of a folder by the store's own rules without changing
 anything, and :func:`probe_lock` tells whether an engine holds a folder without taking its
-lock. :func:`file_name_for` is the file name of a session id.
+lock. :func:`file_name_for` is the file name of a session id. For a journal folder,
+:func:`scan_journal` reports the same kinds of findings and :func:`verify_journal` checks every
+record.
 """
 
 from .._errors import SessionExistsError as SessionExistsError
@@ -27,9 +31,21 @@ from ._directory import DirectoryStore as DirectoryStore
 from ._directory import LoadReport as LoadReport
 from ._files import ProblemKind as ProblemKind
 from ._files import file_name_for as file_name_for
+from ._folder import DEFAULT_STORE as DEFAULT_STORE
+from ._folder import STORE_KINDS as STORE_KINDS
+from ._folder import FolderStore as FolderStore
+from ._folder import StoreKind as StoreKind
+from ._folder import detect_store as detect_store
 from ._fs import OS_FILE_SYSTEM as OS_FILE_SYSTEM
 from ._fs import FileSystem as FileSystem
 from ._fs import OsFileSystem as OsFileSystem
+from ._journal import JournalStats as JournalStats
+from ._journal import JournalStore as JournalStore
+from ._journal_compact import CompactionResult as CompactionResult
+from ._journal_replay import JournalReport as JournalReport
+from ._journal_scan import JournalCheck as JournalCheck
+from ._journal_scan import scan_journal as scan_journal
+from ._journal_scan import verify_journal as verify_journal
 from ._lock import LockState as LockState
 from ._lock import probe_lock as probe_lock
 from ._protocol import Changes as Changes
@@ -58,14 +74,22 @@ from ._scan import ScanProblem as ScanProblem
 from ._scan import scan as scan
 
 __all__ = [
+    "DEFAULT_STORE",
     "FORMAT_VERSION",
     "MAX_RECORD_BYTES",
     "OS_FILE_SYSTEM",
     "REDIS_URL_SCHEMES",
     "Changes",
+    "CompactionResult",
     "CorruptRecordError",
     "DirectoryStore",
+    "JournalCheck",
+    "JournalReport",
+    "JournalStats",
+    "JournalStore",
+    "STORE_KINDS",
     "FileSystem",
+    "FolderStore",
     "ForeignEntry",
     "Invalidation",
     "LoadReport",
@@ -86,11 +110,15 @@ __all__ = [
     "SessionGoneError",
     "SharedStore",
     "Store",
+    "StoreKind",
     "StoredSession",
     "WriteBatch",
     "coalesce",
+    "detect_store",
     "file_name_for",
     "probe_lock",
     "redact_url",
     "scan",
+    "scan_journal",
+    "verify_journal",
 ]

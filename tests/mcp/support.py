@@ -19,7 +19,10 @@ from pathlib import Path
 from typing import Any, Final
 
 import httpx
+import msgspec
 import pytest
+
+from engine.storage import ScannedRecord, StoredSession, detect_store, scan, scan_journal
 
 START_TIMEOUT: Final = 30.0
 STOP_TIMEOUT: Final = 30.0
@@ -190,8 +193,46 @@ def notify(client: httpx.Client, url: str, session_id: str, method: str) -> http
     return client.post(url, json={"jsonrpc": "2.0", "method": method}, headers=headers)
 
 
-def session_file(storage_dir: Path, session_id: str) -> Path:
-    return storage_dir / f"{session_id}.session"
+def stored_session(storage_dir: Path, session_id: str) -> StoredSession[Any] | None:
+    """The record the storage folder holds for *session_id*, whichever store wrote it (read
+    without changing anything), or ``None``."""
+    kind = detect_store(storage_dir)
+    if kind is None:
+        return None
+    items = scan(storage_dir) if kind == "directory" else scan_journal(storage_dir)
+    for item in items:
+        if isinstance(item, ScannedRecord) and item.record.id == session_id:
+            return item.record
+    return None
+
+
+def stored_ids(storage_dir: Path) -> set[str]:
+    """The ids of every record the storage folder holds, whichever store wrote it."""
+    kind = detect_store(storage_dir)
+    if kind is None:
+        return set()
+    items = scan(storage_dir) if kind == "directory" else scan_journal(storage_dir)
+    return {item.record.id for item in items if isinstance(item, ScannedRecord)}
+
+
+def has_session(storage_dir: Path, session_id: str) -> bool:
+    return stored_session(storage_dir, session_id) is not None
+
+
+def stored_bytes(storage_dir: Path, session_id: str) -> bytes:
+    """The stored record of *session_id*, encoded as an engine encodes it."""
+    record = stored_session(storage_dir, session_id)
+    assert record is not None, f"{session_id} is not in {storage_dir}"
+    return msgspec.json.encode(record)
+
+
+def store_files(storage_dir: Path) -> set[str]:
+    """The entries of the folder that are neither the lock nor a store's own files."""
+    return {
+        p.name
+        for p in storage_dir.iterdir()
+        if p.name != ".lock" and not p.name.endswith((".session", ".journal", ".snapshot"))
+    }
 
 
 def metric_value(text: str, name: str, labels: Sequence[str] = ()) -> float:

@@ -33,9 +33,9 @@ from .support import (
     HEADERS,
     PROTOCOL,
     ServerProcess,
+    has_session,
     initialize_body,
     metric_value,
-    session_file,
 )
 
 RPC = {**HEADERS, "mcp-protocol-version": PROTOCOL}
@@ -257,7 +257,7 @@ async def test_a_session_answers_only_its_principal(tmp_path: Path, keys: Keys) 
         assert "alice" not in metrics  # fingerprints only
         r = await client.delete("/mcp", headers={**RPC, "mcp-session-id": sid, **alice_again})
         assert r.status_code == 204
-        assert not session_file(tmp_path / "sessions", sid).exists()
+        assert not has_session(tmp_path / "sessions", sid)
 
 
 async def test_static_tokens(tmp_path: Path) -> None:
@@ -423,7 +423,7 @@ def test_ownership_holds_across_sigterm_and_sigkill_restarts(
             r = client.delete(auth_server.url, headers={**RPC, "mcp-session-id": sid, **bob})
             assert r.status_code == 404, restart
             assert status(bearer(keys.token(jti=str(restart)))) == 200, restart  # refreshed
-        assert session_file(auth_server.storage_dir, sid).exists()
+        assert has_session(auth_server.storage_dir, sid)
         r = client.get(auth_server.base + "/metrics")
         assert metric_value(r.text, "engine_owner_mismatches_total") == 3  # since the restart
 
@@ -440,7 +440,7 @@ def test_official_mcp_client_with_a_bearer_token_keeps_its_session(
     server.start()
     try:
         sid = trio.run(_mcp_client_session, server, keys)
-        assert not session_file(server.storage_dir, sid).exists()  # its owner's DELETE worked
+        assert not has_session(server.storage_dir, sid)  # its owner's DELETE worked
     finally:
         code, _, err = server.stop()
     assert code == 0, err
@@ -590,3 +590,28 @@ def test_the_debug_log_names_principals_by_fingerprint_only(tmp_path: Path, keys
     assert principal is not None
     assert len(lines) == 1 and lines[0].endswith(f" owner {principal.fingerprint()}")
     assert "alice" not in err and ISSUER not in err
+
+
+async def test_anonymous_initialize_stays_rate_limited_per_address(
+    tmp_path: Path, keys: Keys
+) -> None:
+    """With authentication on and anonymous access allowed, anonymous ``initialize`` requests
+    from one address are still limited to the burst (then 429 with Retry-After), and nothing
+    is stored for the refused ones."""
+    settings = {
+        "auth_jwt_keys": keys.jwks,
+        "auth_issuer": ISSUER,
+        "auth_anonymous": True,
+        "new_session_burst": 3,
+        "new_session_rate": 0.001,
+    }
+    async with app_client(tmp_path, **settings) as (client, engine):
+        statuses = []
+        for _ in range(6):
+            r = await client.post("/mcp", json=initialize_body(), headers=HEADERS)
+            statuses.append(r.status_code)
+            if r.status_code == 429:
+                assert int(r.headers["retry-after"]) >= 1
+                assert "mcp-session-id" not in r.headers
+        assert statuses == [200, 200, 200, 429, 429, 429]
+        assert engine.statistics().live_sessions == 3

@@ -16,7 +16,7 @@ import trio
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from .support import ServerProcess, session_file
+from .support import ServerProcess, has_session
 
 
 @pytest.mark.parametrize("version", ["2025-06-18", "2025-11-25"])
@@ -58,9 +58,9 @@ async def test_mcp_client_keeps_its_session_across_restarts(
             # One initialize without an id, then every request carried the first session's id.
             assert sent_ids[0] is None
             assert set(sent_ids[1:]) == {session_id}
-            assert session_file(storage, session_id).exists()
+            assert has_session(storage, session_id)
         # Leaving the client sends DELETE /mcp: the session is gone from storage too.
-        assert not session_file(storage, session_id).exists()
+        assert not has_session(storage, session_id)
     finally:
         code, _, err = await trio.to_thread.run_sync(server.stop)
     assert code == 0, err

@@ -22,6 +22,8 @@ from .support import (
     initialize_body,
     metric_value,
     run_server,
+    stored_bytes,
+    stored_ids,
 )
 
 BURST = 20
@@ -76,7 +78,7 @@ def test_client_data_over_the_cap_is_refused(tmp_path: Path, client: httpx.Clien
         r = client.post(server.url, json=long_name, headers=HEADERS)
         assert r.status_code == 400 and r.json()["error"]["code"] == -32602
         assert live_sessions(client, server) == 0
-        assert not list((tmp_path / "sessions").glob("*.session"))
+        assert stored_ids(tmp_path / "sessions") == set()
 
         # ["flood","1"] is 13 bytes, {"experimental":{"x":""}} 25: the rest fills 4096 exactly.
         fits = flood_body({"experimental": {"x": "a" * (4096 - 13 - 25)}})
@@ -84,7 +86,7 @@ def test_client_data_over_the_cap_is_refused(tmp_path: Path, client: httpx.Clien
         assert r.status_code == 200, r.text
         sid = r.headers["mcp-session-id"]
         assert call(client, server.url, sid, "ping").status_code == 200
-        record = json.loads((tmp_path / "sessions" / f"{sid}.session").read_bytes())
+        record = json.loads(stored_bytes(tmp_path / "sessions", sid))
         assert record["payload"]["client_capabilities"] == fits["params"]["capabilities"]
         metrics = client.get(server.base + "/metrics").text
         assert metric_value(metrics, "engine_sessions_refused_total", ('"too_large"',)) == 4

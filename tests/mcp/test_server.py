@@ -25,12 +25,15 @@ from .support import (
     PROTOCOL,
     ServerProcess,
     call,
+    has_session,
     initialize,
     initialize_body,
     metric_value,
     notify,
     run_server,
-    session_file,
+    store_files,
+    stored_bytes,
+    stored_ids,
 )
 
 
@@ -46,7 +49,7 @@ def client() -> Iterator[httpx.Client]:
 
 
 def read_record(storage_dir: Path, session_id: str) -> StoredSession[dict[str, object]]:
-    data = session_file(storage_dir, session_id).read_bytes()
+    data = stored_bytes(storage_dir, session_id)
     return msgspec.json.decode(data, type=StoredSession[dict[str, object]])
 
 
@@ -104,10 +107,10 @@ def test_unknown_and_deleted_ids_get_404(server: ServerProcess, client: httpx.Cl
     assert body["error"]["code"] == -32001
 
     sid = initialize(client, server.url)
-    assert session_file(server.storage_dir, sid).exists()
+    assert has_session(server.storage_dir, sid)
     r = client.delete(server.url, headers={"mcp-session-id": sid})
     assert r.status_code == 204
-    assert not session_file(server.storage_dir, sid).exists()  # the delete was durable
+    assert not has_session(server.storage_dir, sid)  # the delete was durable
     assert call(client, server.url, sid, "ping").status_code == 404
     assert notify(client, server.url, sid, "notifications/initialized").status_code == 404
     r = client.delete(server.url, headers={"mcp-session-id": sid})
@@ -165,10 +168,8 @@ def test_bad_input_gets_4xx_and_the_server_stays_up(
         assert r.json()["error"]["code"] == -32001
         r = client.delete(url, headers={"mcp-session-id": bad_id})
         assert r.status_code == 400, bad_id
-    assert sorted(p.name for p in server.storage_dir.iterdir()) == [
-        ".lock",
-        session_file(server.storage_dir, sid).name,
-    ]
+    assert store_files(server.storage_dir) == set()  # nothing for a refused id
+    assert stored_ids(server.storage_dir) == {sid}
 
     r = call(client, url, None, "tools/list")  # missing session id
     assert r.status_code == 400

@@ -36,10 +36,11 @@ from .support import (
     PROTOCOL,
     ServerProcess,
     call,
+    has_session,
     initialize,
     initialize_body,
     run_server,
-    session_file,
+    stored_bytes,
 )
 
 TOOL_NAMES = {"count", "remember", "recall", "session_info"}
@@ -99,7 +100,7 @@ def test_tool_state_lives_in_the_session_across_restarts(
     assert r.json()["result"]["isError"] is False
     # The write was durable before the answer: it is in the session's file already.
     stored = msgspec.json.decode(
-        session_file(server.storage_dir, sid).read_bytes(), type=StoredSession[McpSession]
+        stored_bytes(server.storage_dir, sid), type=StoredSession[McpSession]
     )
     assert (stored.payload.counter, stored.payload.note) == (6, "buy milk")
     assert stored.payload.connection.tags == ("web",)
@@ -190,7 +191,7 @@ async def test_concurrent_calls_on_one_session_lose_no_update(server: ServerProc
             assert r.status_code == 204
         r = await client.post(server.url, json=body, headers=headers)
         assert r.status_code == 404
-    assert not session_file(server.storage_dir, sid).exists()
+    assert not has_session(server.storage_dir, sid)
 
 
 @pytest.mark.parametrize("version", ["2025-06-18", "2025-11-25"])
@@ -330,7 +331,7 @@ async def test_a_delete_during_a_tool_call_is_not_undone(tmp_path: Path) -> None
             assert await engine.get(sid) is None
             r = await client.post("/mcp", json=body, headers=headers)
             assert r.status_code == 404
-        assert not session_file(tmp_path / "sessions", sid).exists()
+        assert not has_session(tmp_path / "sessions", sid)
 
 
 async def test_a_tool_write_that_storage_refuses_has_no_effect(tmp_path: Path) -> None:
@@ -367,7 +368,5 @@ async def test_a_tool_write_that_storage_refuses_has_no_effect(tmp_path: Path) -
             assert session is not None and session.counter == 1  # the failed call: no effect
             faulty.fault = None
             assert (await count()).json()["result"]["structuredContent"] == {"count": 2}
-    stored = msgspec.json.decode(
-        session_file(folder, sid).read_bytes(), type=StoredSession[McpSession]
-    )
+    stored = msgspec.json.decode(stored_bytes(folder, sid), type=StoredSession[McpSession])
     assert stored.payload.counter == 2

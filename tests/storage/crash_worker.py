@@ -1,9 +1,10 @@
 """A mixed workload against a real storage folder, run as a subprocess by
 tests/storage/test_crash.py and killed there with SIGKILL at a random moment.
 
-Usage: ``python tests/storage/crash_worker.py FOLDER LOG SEED PREFIX``. It appends one JSON line
-to LOG before and after each acknowledged operation (unbuffered ``os.write``: a SIGKILL loses
-nothing already written), which :func:`check_recovered` then holds the reopened folder to.
+Usage: ``python tests/storage/crash_worker.py FOLDER LOG SEED PREFIX [directory|journal]``.
+It appends one JSON line to LOG before and after each acknowledged operation (unbuffered
+``os.write``: a SIGKILL loses nothing already written), which :func:`check_recovered` then
+holds the reopened folder to.
 
 Each client task owns its ids, so per id the operations are sequential and at most one is in
 flight when the process dies.
@@ -20,13 +21,23 @@ from typing import Any
 
 import trio
 
-from engine import ConnectionConfig, EngineConfig, open_engine
+from engine import ConnectionConfig, DirectoryStore, EngineConfig, JournalStore, open_engine
 
 TASKS = 4
 IDS_PER_TASK = 12
 
 
-async def workload(folder: str, log_path: str, seed: int, prefix: str) -> None:
+def open_store(kind: str, folder: str) -> DirectoryStore | JournalStore:
+    """The store a worker runs on. The journal rotates every 4 KiB and compacts whenever a third
+    of its records are dead, so a kill often lands in a rotation or a compaction."""
+    if kind == "journal":
+        return JournalStore(folder, segment_bytes=4096, compact_min_records=8, compact_ratio=0.5)
+    return DirectoryStore(folder)
+
+
+async def workload(
+    folder: str, log_path: str, seed: int, prefix: str, kind: str = "directory"
+) -> None:
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 
     def log(*parts: Any) -> None:
@@ -70,7 +81,7 @@ async def workload(folder: str, log_path: str, seed: int, prefix: str) -> None:
                 await e.flush()
                 log("flushed", bounds)
 
-    async with open_engine(config) as e:
+    async with open_engine(config, store=open_store(kind, folder)) as e:
         log("open")
         async with trio.open_nursery() as nursery:
             for t in range(TASKS):
@@ -136,4 +147,5 @@ def check_recovered(
 
 if __name__ == "__main__":
     folder, log_path, seed, prefix = sys.argv[1:5]
-    trio.run(workload, folder, log_path, int(seed), prefix)
+    kind = sys.argv[5] if len(sys.argv) > 5 else "directory"
+    trio.run(workload, folder, log_path, int(seed), prefix, kind)

@@ -18,7 +18,7 @@ def test_redis_settings_are_validated_and_the_password_is_redacted() -> None:
         EngineConfig(store="redis")
     with pytest.raises(ConfigError, match="store"):
         EngineConfig(store="memcached")  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match=r"store.*must be one of directory, redis"):
+    with pytest.raises(ConfigError, match=r"store.*must be one of directory, journal, redis"):
         EngineConfig.from_mapping({"store": "memcached"})
     with pytest.raises(ConfigError, match="store"):
         EngineConfig.from_env(environ={"ENGINE_STORE": "memcached"})

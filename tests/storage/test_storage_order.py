@@ -1,9 +1,10 @@
-"""Storage never goes backwards for an id, whatever order worker-thread writes complete in.
+"""Storage never goes backwards for an id, whatever order worker-thread writes complete in, for
+every store.
 
-``ReorderingStore`` wraps the real :class:`~engine.DirectoryStore`: it splits each batch into one
-worker thread per operation, each sleeping a random time first, so operations of a batch complete
-in random order, and it acknowledges the batch only after a further random delay, so the actor keeps
-queuing (and coalescing) operations meanwhile. Hypothesis picks the workload. Checked:
+``ReorderingStore`` wraps a real store (directory or journal): it splits each batch into one
+write per operation, each started after a random pause, so the operations of a batch complete in
+random order, and it acknowledges the batch only after a further random delay, so the actor
+keeps queuing (and coalescing) operations meanwhile. Hypothesis picks the workload. Checked:
 
 - the engine never has two operations for one id in flight at once (the wrapper asserts it);
 - per id, the records written never go back in time (``last_accessed_at`` never decreases
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,20 +28,23 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine import ConnectionConfig, DirectoryStore, EngineConfig, Put, WriteBatch, open_engine
-from engine.storage import FORMAT_VERSION, ScannedRecord, StoredSession, scan
+from engine import ConnectionConfig, EngineConfig, Put, WriteBatch, open_engine
+from engine.storage import FORMAT_VERSION, StoredSession
 from engine.testing import record_times
 
 from ..strategies import LONG, POOL, pool_ids, simple_payloads
+from .stores import STORE_KINDS, AnyStore, make_store, store_kind, stored
+
+__all__ = ["store_kind"]  # the fixture
 
 
 class ReorderingStore:
-    """A ``Store`` delaying and reordering the completion of a real directory store's writes."""
+    """A ``Store`` delaying and reordering the completion of a real store's writes."""
 
     preloads = True
     expires_keys = False
 
-    def __init__(self, inner: DirectoryStore, rng: random.Random) -> None:
+    def __init__(self, inner: AnyStore, rng: random.Random) -> None:
         self.inner = inner
         self.rng = rng
         self.in_flight: set[str] = set()
@@ -58,17 +61,13 @@ class ReorderingStore:
     async def load_one(self, session_id: str, parse: Callable[[bytes], Any]) -> Any:
         return await self.inner.load_one(session_id, parse)
 
-    def _one(self, session_id: str, op: Put | None, pause: float) -> Mapping[str, Exception]:
-        time.sleep(pause)
-        failed = self.inner._write_sync({session_id: op})
-        with self.lock:
-            self.completed.append((session_id, op))
-        return failed
-
     async def _run_one(
         self, session_id: str, op: Put | None, pause: float, failed: dict[str, Exception]
     ) -> None:
-        failed.update(await trio.to_thread.run_sync(self._one, session_id, op, pause))
+        await trio.sleep(pause)
+        failed.update(await self.inner.write({session_id: op}))
+        with self.lock:
+            self.completed.append((session_id, op))
 
     async def write(self, batch: WriteBatch) -> Mapping[str, Exception]:
         ids = set(batch)
@@ -117,14 +116,13 @@ def test_check_history_catches_an_older_record() -> None:
         check_history([("a", new), ("a", old)])
 
 
-def disk_state(folder: Path) -> dict[str, tuple[Any, float, float, float]]:
-    """What the folder holds, read with the public scan (which checks names against ids)."""
-    out = {}
-    for item in scan(folder, now=0.0):
-        assert isinstance(item, ScannedRecord), f"left behind: {item}"
-        r = item.record
-        out[r.id] = (r.payload, r.created_at, r.last_accessed_at, r.expires)
-    return out
+def disk_state(kind: str, folder: Path) -> dict[str, tuple[Any, float, float, float]]:
+    """What the folder holds (the directory store's, read with the public scan, which checks
+    names against ids; the journal's, replayed without changing anything)."""
+    return {
+        sid: (r.payload, r.created_at, r.last_accessed_at, r.expires)
+        for sid, r in stored(kind, folder).items()
+    }
 
 
 op_st = st.tuples(
@@ -140,10 +138,12 @@ rounds_st = st.lists(
 )
 
 
+@pytest.mark.parametrize("store_kind", STORE_KINDS)  # not the fixture: Hypothesis reruns it
 @settings(max_examples=300 if LONG else 15)
 @given(rounds=rounds_st, seed=st.integers(0, 2**32), persist_requests=st.integers(1, 3))
 def test_reordered_writes_never_go_backwards(
     tmp_path_factory: pytest.TempPathFactory,
+    store_kind: str,
     rounds: list[list[list[tuple[str, str, ConnectionConfig, int]]]],
     seed: int,
     persist_requests: int,
@@ -177,40 +177,40 @@ def test_reordered_writes_never_go_backwards(
                 await e.delete(sid)
 
     async def main() -> None:
-        store = ReorderingStore(DirectoryStore(folder), random.Random(seed))
+        store = ReorderingStore(make_store(store_kind, folder), random.Random(seed))
         async with open_engine(config, store=store) as e:
             for tasks in rounds:
                 async with trio.open_nursery() as nursery:
                     for ops in tasks:
                         nursery.start_soon(client, e, ops)
                 await e.flush()
-                assert disk_state(folder) == await memory_state(e)
+                assert disk_state(store_kind, folder) == await memory_state(e)
             final = await memory_state(e)
         check_history(store.completed)
-        assert disk_state(folder) == final
-        async with open_engine(config, store=DirectoryStore(folder)) as e:
+        assert disk_state(store_kind, folder) == final
+        async with open_engine(config, store=make_store(store_kind, folder)) as e:
             assert await memory_state(e) == final
 
     trio.run(main)
 
 
-def test_a_write_queued_before_a_delete_does_not_resurrect(tmp_path: Path) -> None:
+def test_a_write_queued_before_a_delete_does_not_resurrect(tmp_path: Path, store_kind: str) -> None:
     """The plain case, deterministically: a touch-triggered write is in flight (delayed) when the
     session is deleted; the folder must not hold the session afterwards."""
 
     async def main() -> None:
-        store = ReorderingStore(DirectoryStore(tmp_path), random.Random(0))
+        store = ReorderingStore(make_store(store_kind, tmp_path), random.Random(0))
         config = EngineConfig(ttl=3600, persist_requests=1)
         async with open_engine(config, store=store) as e:
             await e.create("a", ConnectionConfig(tags=("x",)))
             for _ in range(5):
                 assert await e.touch("a")  # each touch queues a write
             assert await e.delete("a")
-            assert not (tmp_path / "a.session").exists()
+            assert "a" not in disk_state(store_kind, tmp_path)
             await e.flush()
-            assert not (tmp_path / "a.session").exists()
+            assert "a" not in disk_state(store_kind, tmp_path)
         check_history(store.completed)
         assert store.completed[-1] == ("a", None)
-        assert disk_state(tmp_path) == {}
+        assert disk_state(store_kind, tmp_path) == {}
 
     trio.run(main)
