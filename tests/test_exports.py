@@ -119,6 +119,7 @@ PUBLIC: dict[str, set[str]] = {
         "ForwardingFileSystem",
         "MemoryStore",
         "RedisCluster",
+        "RedisSentinel",
         "RedisServer",
         "free_port",
         "record_times",

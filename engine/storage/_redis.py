@@ -714,7 +714,12 @@ class _SentinelClient:
         sentinel = coredis.Sentinel(
             [TCPLocation(h, p) for h, p in self.sentinels],
             sentinel_kwargs=sentinel_options,
-            **{k: v for k, v in self.options.items() if k not in ("max_connections",)},
+            # (connection options only: the primary's pool takes no pool settings here)
+            **{
+                k: v
+                for k, v in self.options.items()
+                if k not in ("max_connections", "pool_timeout")
+            },
         )
         await self._stack.__aenter__()
         try:

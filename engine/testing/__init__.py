@@ -12,6 +12,7 @@ from ._faults import ForwardingFileSystem as ForwardingFileSystem
 from ._memory import MemoryStore as MemoryStore
 from ._memory import record_times as record_times
 from ._redis import RedisCluster as RedisCluster
+from ._redis import RedisSentinel as RedisSentinel
 from ._redis import RedisServer as RedisServer
 from ._redis import free_port as free_port
 from ._redis import redis_server_binary as redis_server_binary
@@ -22,6 +23,7 @@ __all__ = [
     "ForwardingFileSystem",
     "MemoryStore",
     "RedisCluster",
+    "RedisSentinel",
     "RedisServer",
     "free_port",
     "record_times",

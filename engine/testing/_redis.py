@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final, final
 
-__all__ = ["RedisCluster", "RedisServer", "free_port", "redis_server_binary"]
+__all__ = ["RedisCluster", "RedisSentinel", "RedisServer", "free_port", "redis_server_binary"]
 
 READY_TIMEOUT: Final = 20.0
 
@@ -237,6 +237,78 @@ class RedisCluster:
         except BaseException:
             self.stop()
             raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@final
+class RedisSentinel:
+    """One Sentinel (``redis-server --sentinel``) on a free loopback port, in *folder*,
+    monitoring *primary* under the service name *service* (quorum 1)."""
+
+    def __init__(self, folder: Path, primary: RedisServer, service: str = "engine") -> None:
+        binary = redis_server_binary()
+        if binary is None:
+            raise RuntimeError(
+                "redis-server is not installed (Debian: apt-get install redis-server)"
+            )
+        self.binary = binary
+        self.folder = folder
+        self.primary = primary
+        self.service = service
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        folder.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def url(self) -> str:
+        """``redis+sentinel://127.0.0.1:<port>/<service>``."""
+        return f"redis+sentinel://127.0.0.1:{self.port}/{self.service}"
+
+    def start(self) -> None:
+        """Start the Sentinel and wait until it names the primary."""
+        config = self.folder / "sentinel.conf"
+        config.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {self.folder}\n"
+            f"logfile {self.folder / 'sentinel.log'}\n"
+            f"sentinel monitor {self.service} 127.0.0.1 {self.primary.port} 1\n"
+            f"sentinel down-after-milliseconds {self.service} 1000\n"
+        )
+        self.proc = subprocess.Popen(
+            [self.binary, str(config), "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=self.folder,
+        )
+        deadline = time.monotonic() + READY_TIMEOUT
+        while True:
+            try:
+                answer = _command(self.port, "SENTINEL", "get-master-addr-by-name", self.service)
+                if str(self.primary.port).encode() in answer:
+                    return
+            except OSError:
+                pass
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis sentinel exited ({self.proc.returncode})")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"redis sentinel on port {self.port} did not start")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def __enter__(self) -> RedisSentinel:
+        self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:

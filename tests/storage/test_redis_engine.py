@@ -19,7 +19,7 @@ from engine import (
     open_engine,
 )
 from engine.storage import Principal, RedisStore, SessionExistsError
-from engine.testing import RedisCluster, RedisServer
+from engine.testing import RedisCluster, RedisSentinel, RedisServer
 
 from .conftest import need_redis
 
@@ -347,3 +347,23 @@ async def test_cluster_smoke(tmp_path: Path) -> None:
         counts = [int(s.command("DBSIZE")[1:].split()[0]) for s in cluster.servers]
         assert sum(counts) == 29
         assert all(counts), counts  # every node holds some sessions
+
+
+async def test_sentinel_smoke(redis_server: RedisServer, tmp_path: Path) -> None:
+    """A primary named by a Sentinel (``redis+sentinel://``): two engines find it through the
+    Sentinel and share sessions, invalidation included."""
+    with RedisSentinel(tmp_path / "sentinel", redis_server) as sentinel:
+        config = EngineConfig(ttl=3600, flush_interval=0.2)
+        async with (
+            open_engine(config, store=RedisStore(sentinel.url, prefix="s:")) as a,
+            open_engine(config, store=RedisStore(sentinel.url, prefix="s:")) as b,
+        ):
+            await a.create("s", A)
+            assert await b.get_and_touch("s") == A
+            assert await b.delete("s") is True
+
+            async def gone_on_a() -> bool:
+                return await a.get("s") is None
+
+            await eventually(gone_on_a)
+        assert redis_server.command("EXISTS", "s:{s}").startswith(b":0")
