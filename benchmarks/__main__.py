@@ -25,6 +25,7 @@ WORKLOADS = (
     "durable_creates",
     "owner_check",
     "server_load",
+    "redis_store",
 )
 
 

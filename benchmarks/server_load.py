@@ -123,18 +123,18 @@ class _DictSessions:
         found = self.sessions.get(session_id)
         return None if found is None or found[0] != owner else found[1]
 
-    def _delete(self, session_id: str, owner: Principal | None) -> bool:
-        found = self.sessions.get(session_id)
-        if found is None or found[0] != owner:
-            return False
-        del self.sessions[session_id]
-        return True
-
     def _replace(self, session_id: str, payload: Any, owner: Principal | None) -> bool:
         found = self.sessions.get(session_id)
         if found is None or found[0] != owner:
             return False
         self.sessions[session_id] = (owner, payload)
+        return True
+
+    def _delete(self, session_id: str, owner: Principal | None) -> bool:
+        found = self.sessions.get(session_id)
+        if found is None or found[0] != owner:
+            return False
+        del self.sessions[session_id]
         return True
 
     async def create(

@@ -7,9 +7,10 @@ and answers it. Storage operations go from the core's outbox to the writer after
 Background work (a flush tick, a sweep) runs in chunks of :data:`CHUNK` between which requests
 are served.
 
-The actor, the writer and lazy loads run shielded from cancellation: cancelling the scope
-around the engine (the trio way to shut down) must not stop them before the final flush. The
-lifecycle stops them itself (:meth:`Actor.stop`) once close is done or has given up.
+The actor, the writer, lazy loads and calls parked behind a write run shielded from
+cancellation: cancelling the scope around the engine (the trio way to shut down) must not stop
+them before the final flush. The lifecycle stops them itself (:meth:`Actor.stop`) once close is
+done or has given up.
 
 A create, replace or delete whose write fails is undone (:class:`_Undo`): the state before it
 is put back in memory and written back to storage, and the call raises
@@ -35,6 +36,7 @@ from ._calls import (
     GET,
     GET_AND_TOUCH,
     INFO,
+    INVALIDATE,
     REPLACE,
     SWEEP,
     TICK,
@@ -50,13 +52,16 @@ from ._errors import (
     CapacityError,
     EngineClosedError,
     OwnerLimitError,
+    SessionExistsError,
+    SessionGoneError,
     SessionOwnedError,
     StorageError,
+    error_kind,
 )
-from ._faults import LogLimiter, error_kind, suppressed_note
+from ._faults import LogLimiter, suppressed_note
 from ._ids import fingerprint
 from ._writer import Notify, Waiter, Writer
-from .storage import Principal, Store, StoredSession
+from .storage import Invalidation, Principal, PutKind, SharedStore, Store, StoredSession
 
 __all__ = ["CHUNK", "CLOSE_ATTEMPTS", "LOST_IDS_LOGGED", "Actor"]
 
@@ -75,14 +80,17 @@ LOST_IDS_LOGGED: Final = 20
 """Sessions named (by fingerprint) in the error logged when a close leaves sessions not durable
 (then "...")."""
 
+_FINAL: Final = (SessionExistsError, SessionGoneError)
+"""A shared store's final answers (see the writer): outcomes, not failures to undo."""
+
 
 @final
 class _Undo(Generic[P]):
-    """Waits for the write of a create, replace or delete, keeping the session's state from
-    before it (*before*: an entry, or ``None`` for not live) so that a failed write can be
-    undone. While a session has such calls whose writes are not durable yet
-    (``Actor._unconfirmed``), a failed write undoes all of them: the state from before the
-    earliest is put back (later ones built on it) and each call fails."""
+    """Waits for the write of a create, replace or delete, keeping the session's entry from
+    before it (*before*: ``None`` for not live) so that a failed write can be undone. While a
+    session has such calls whose writes are not durable yet (``Actor._unconfirmed``), a failed
+    write undoes all of them: the state from before the earliest is put back (later ones built
+    on it) and each call fails."""
 
     __slots__ = ("actor", "before", "call", "done")
 
@@ -95,10 +103,10 @@ class _Undo(Generic[P]):
     def settle(self, error: Exception | None) -> None:
         if self.done:
             return
-        if error is None:
+        if error is None or isinstance(error, _FINAL):  # durable, or the store's final answer
             self.done = True
             self.actor._confirm(self)
-            self.call.reply(self.call.result)
+            self.call.settle(error)
         else:
             self.actor._undo(self.call.session_id, error)
 
@@ -169,7 +177,9 @@ class Actor(Generic[P]):
         self.send, self._receive = trio.open_memory_channel[Call](config.queue_size)
         """The request channel: callers send on it (:func:`~engine._calls.request`)."""
         self.writer = (
-            Writer(store, config.retry_interval, self.core.mark_all_dirty) if store else None
+            Writer(store, config.retry_interval, self.core.mark_all_dirty, self.core.forget)
+            if store
+            else None
         )
         self._flush_budget = 0
         self._flush_cause = Cause.TICK
@@ -185,6 +195,13 @@ class Actor(Generic[P]):
         # Lazy stores (not preloading): calls on an id being loaded, in arrival order.
         self._lazy = store is not None and not store.preloads
         self._loading: dict[str, list[Call]] = {}
+        # Shared stores (several engines): memory is a cache that other engines' changes void.
+        self._shared = store if isinstance(store, SharedStore) and self._lazy else None
+        self._stale_loads: dict[str, bool] = {}
+        """Ids whose load in flight may have read what another engine changed since: True if
+        it removed (or replaced) the session, False if it only created it (a read that found
+        the session is then current)."""
+        self._absent_hits = 0
         self._load_lot = trio.lowlevel.ParkingLot()
         self._load_log = LogLimiter()
         self._nursery: trio.Nursery | None = None
@@ -209,11 +226,14 @@ class Actor(Generic[P]):
 
     def start(self, nursery: trio.Nursery) -> None:
         """Start the actor, the writer and the tickers in *nursery*; lazy loads run there too.
-        The actor, the writer and lazy loads are shielded from cancellation: cancelling the
-        nursery does not stop them, :meth:`stop` does. The nursery must outlive :meth:`close`."""
+        The actor, the writer, lazy loads and calls parked behind a write are shielded from
+        cancellation: cancelling the nursery does not stop them, :meth:`stop` does. The nursery
+        must outlive :meth:`close`."""
         self._nursery = nursery
         nursery.start_soon(self._run_flush_ticker)
         nursery.start_soon(self._run_sweeper)
+        if self._shared is not None:
+            nursery.start_soon(self._run_invalidations, self._shared)
         nursery.start_soon(self._shielded, self._run, self._actor_done)
         if self.writer is not None:
             nursery.start_soon(self._shielded, self.writer.run, self._writer_done)
@@ -221,8 +241,8 @@ class Actor(Generic[P]):
             self._writer_done.set()
 
     def stop(self) -> None:
-        """Cancel the shielded tasks (the actor, the writer, lazy loads): after :meth:`close`,
-        done or given up. Not a checkpoint."""
+        """Cancel the shielded tasks (the actor, the writer, lazy loads, parked calls): after
+        :meth:`close`, done or given up. Not a checkpoint."""
         for scope in self._shields:
             scope.cancel()
 
@@ -319,10 +339,13 @@ class Actor(Generic[P]):
             pending_writes=(len(writer.pending) + len(writer.in_flight)) if writer else 0,
             queue_high_water=self._high_water,
             requests=core.applied,
-            lost_at_close=self.lost_at_close,
+            dropped=core.dropped,
+            absent_hits=self._absent_hits,
+            store_state=self._shared.state if self._shared is not None else "",
             owners=len(core.owners),
             owner_mismatches=core.owner_mismatches,
             owner_refusals=core.owner_refusals,
+            lost_at_close=self.lost_at_close,
         )
 
     def sessions_by_owner(self, limit: int | None = None) -> list[tuple[Principal, int]]:
@@ -371,7 +394,7 @@ class Actor(Generic[P]):
         if call.state is ABANDONED:
             return
         kind = call.kind
-        if self._lazy and not resident and kind.names_session and self._miss(call):
+        if self._lazy and not resident and kind.names_session and self._miss(call, now):
             return
         core = self.core
         if kind is GET_AND_TOUCH:
@@ -381,26 +404,29 @@ class Actor(Generic[P]):
         elif kind is TOUCH:
             call.reply(core.touch(call.session_id, now, call.owner))
         elif kind is CREATE:
+            if self._shared is not None and self._unwritten_write(call.session_id):
+                self._after_write(call)
+                return
             try:
                 before = core.create(call.session_id, cast(P, call.arg), now, call.owner)
             except (SessionOwnedError, OwnerLimitError, CapacityError) as refused:
                 call.fail(refused)  # nothing was applied
                 return
             self._reply_when_durable(call, before)
-        elif kind is REPLACE:
-            before = core.replace(call.session_id, cast(P, call.arg), now, call.owner)
-            call.result = before is not None
-            if before is None:
-                call.reply(False)
-            else:
-                self._reply_when_durable(call, before)
         elif kind is DELETE:
+            if self._shared is not None and self._unwritten_write(call.session_id):
+                self._after_write(call)
+                return
             before = core.delete(call.session_id, now, call.owner)
             call.result = before is not None
-            if before is None:
-                call.reply(False)
-            else:
-                self._reply_when_durable(call, before)
+            self._reply_when_durable(call, before)
+        elif kind is REPLACE:
+            if self._shared is not None and self._unwritten_write(call.session_id):
+                self._after_write(call)
+                return
+            before = core.replace(call.session_id, cast(P, call.arg), now, call.owner)
+            call.result = before is not None
+            self._reply_when_durable(call, before)
         elif kind is INFO:
             e = core.entry(call.session_id, now, call.owner)
             call.reply(
@@ -426,10 +452,13 @@ class Actor(Generic[P]):
         elif kind is SWEEP:
             self._sweep_due = True
             self._sweeper = call  # answered when the sweep is done
+        elif kind is INVALIDATE:
+            self._invalidate(cast(Invalidation, call.arg), now)
+            call.reply(None)
 
     def _reply_when_durable(self, call: Call, before: Entry[P] | None) -> None:
         """Reply ``call.result`` once the call's storage operation is durable (at once if it
-        made none); if it fails, undo the call (*before*: the session's state before it)."""
+        made none); if it fails, undo the call (*before*: the session's entry before it)."""
         session_id = call.session_id
         if self.writer is None or session_id not in self.core.outbox:
             call.reply(call.result)
@@ -440,7 +469,7 @@ class Actor(Generic[P]):
         self.writer.wait(session_id, undo)
 
     def _confirm(self, undo: _Undo[P]) -> None:
-        """*undo*'s write is durable: it can no longer be undone."""
+        """*undo*'s write is durable (or final): it can no longer be undone."""
         session_id = undo.call.session_id
         pending = self._unconfirmed.get(session_id)
         if pending is not None:
@@ -544,21 +573,42 @@ class Actor(Generic[P]):
 
     # -- lazy loading (stores that do not preload, such as a shared Redis) ---------------------
 
-    def _miss(self, call: Call) -> bool:
+    def _miss(self, call: Call, now: float) -> bool:
         """Park *call* if its id must first be loaded from storage; True if parked. Later calls
         on that id queue behind it, so per-id order is kept; other ids are not held up."""
         session_id = call.session_id
-        queued = self._loading.get(session_id)
-        if queued is not None:
-            queued.append(call)
-            return True
-        if not call.kind.reads_session or session_id in self.core.sessions:
+        loading = self._loading
+        if loading:
+            queued = loading.get(session_id)
+            if queued is not None:
+                queued.append(call)
+                return True
+        core = self.core
+        entry = core.sessions.get(session_id)
+        if entry is not None and entry.expires > now:
+            return False  # in memory: the request path
+        kind = call.kind
+        if not kind.reads_session or (kind is CREATE and self._shared is not None):
+            # (A shared store's create never replaces: its SET NX guards any stored session.)
             return False
+        # A session past its expiry in memory may have been extended by another engine: the
+        # core drops it (as expired) and storage is asked again.
+        if entry is not None:
+            core.resident(session_id, now)
         assert self.writer is not None
         found, op = self.writer.latest(session_id)
-        if found:  # storage is behind the writer for this id: the writer's newest op is the truth
+        if found and (op is None or op.kind is not PutKind.UPDATE):
+            # Storage is behind the writer for this id (a create or delete not written yet):
+            # the writer's newest operation is the truth. (Not for an update: storage holds
+            # the session unless another engine deleted it, and only storage knows which; the
+            # load then takes the update's newer record.)
             if op is not None:
-                self.core.load(self.codec.decode(op.data), self._now())
+                core.load(self.codec.decode(op.data), now)
+            return False
+        if core.absent and call.kind is not DELETE and core.known_absent(session_id, now):
+            # (A delete always asks: another engine may have created the id since, and a
+            # delete that skipped its DEL would leave that session in the store.)
+            self._absent_hits += 1
             return False
         self._loading[session_id] = [call]
         assert self._nursery is not None
@@ -567,29 +617,45 @@ class Actor(Generic[P]):
 
     async def _load_one(self, session_id: str) -> None:
         assert self._store is not None
-        error: Exception | None = None
-        record: StoredSession[P] | None = None
-        try:
-            record = await self._store.load_one(session_id, self.codec.decode)
-        except Exception as exc:
-            suppressed = self._load_log.allow(trio.current_time())
-            if suppressed is not None:
-                log.error(
-                    "loading session %s failed: %s%s",
-                    fingerprint(session_id),
-                    error_kind(exc),
-                    suppressed_note(suppressed),
-                )
-            error = exc
+        stale = self._stale_loads
+        while True:
+            stale.pop(session_id, None)
+            error: Exception | None = None
+            loaded: tuple[StoredSession[P], float] | None = None
+            try:
+                loaded = await self._store.load_one(session_id, self.codec.decode)
+            except Exception as exc:
+                suppressed = self._load_log.allow(trio.current_time())
+                if suppressed is not None:
+                    log.error(
+                        "loading session %s failed: %s%s",
+                        fingerprint(session_id),
+                        error_kind(exc),
+                        suppressed_note(suppressed),
+                    )
+                error = exc
+            removed = stale.get(session_id)
+            if removed is None or (not removed and loaded is not None):
+                break  # else another engine changed it while this read ran: read again
         # Synchronous from here: this is a state change like any other the actor makes.
         calls = self._loading.pop(session_id)
         now = self._now()
-        if record is not None and record.id == session_id:
-            self.core.load(record, now)
+        if loaded is not None and loaded[0].id == session_id:
+            record, expires = loaded
+            assert self.writer is not None
+            found, op = self.writer.latest(session_id)
+            if found and op is not None:  # storage holds it; our newer touches are not written
+                record = self.codec.decode(op.data)
+            self.core.load(record, now, expires)
+        elif error is None and self._shared is not None:  # it tells of creates elsewhere
+            self.core.note_absent(session_id, now + self.config.absent_ttl)
         resident = error is None
+        loading = self._loading
         for call in calls:
-            resident = resident or not call.kind.reads_session
-            if resident:
+            resident = resident or not call.kind.reads_session  # a create needs no load
+            if session_id in loading:  # an earlier call parked again (_after_write)
+                loading[session_id].append(call)
+            elif resident:
                 self._apply(call, now, resident=True)
             else:
                 assert error is not None
@@ -598,6 +664,74 @@ class Actor(Generic[P]):
                 call.fail(failure)
         self._submit()
         self._load_lot.unpark_all()
+
+    # -- shared stores: other engines' changes ---------------------------------------------------
+
+    def _unwritten_write(self, session_id: str) -> bool:
+        """Whether a write of *session_id* whose outcome the store decides (a create or a
+        replace: anything but a touch persist) is waiting to be handed to the store: a later
+        operation on the id would coalesce with it. (One in flight does not coalesce: a later
+        one is written after it.)"""
+        outbox, writer = self.core.outbox, self.writer
+        assert writer is not None
+        if session_id in outbox:
+            op = outbox[session_id]
+        elif session_id in writer.pending:
+            op = writer.pending[session_id]
+        else:
+            return False
+        return op is not None and op.kind is not PutKind.UPDATE
+
+    def _after_write(self, call: Call) -> None:
+        """Park *call* (and, behind it, later calls on its id) until the write of its id now
+        waiting is done, then apply them as new. On a shared store a create, replace or delete
+        must not coalesce with an unwritten create or replace: the store decides whether that
+        one succeeded (Redis: its ``SET NX`` or ``SET XX``), and only then is the outcome of
+        the next one known (a second create of the id goes to the store as its own ``SET NX``)."""
+        session_id = call.session_id
+        self._loading[session_id] = [call]
+        self._submit()
+        notify = Notify()
+        assert self.writer is not None and self._nursery is not None
+        self.writer.wait(session_id, notify)
+        self._nursery.start_soon(self._shielded, partial(self._reapply_after, session_id, notify))
+
+    async def _reapply_after(self, session_id: str, notify: Notify) -> None:
+        await notify.event.wait()
+        calls = self._loading.pop(session_id)
+        now = self._now()
+        for call in calls:  # through the miss path: the id may need a load now
+            self._apply(call, now)
+        self._submit()
+        self._load_lot.unpark_all()
+
+    def _invalidate(self, event: Invalidation, now: float) -> None:
+        """Other engines changed these ids (``None``: maybe any id, the store may have missed
+        messages): drop what memory holds of them; loads in flight read again."""
+        core, loading, stale = self.core, self._loading, self._stale_loads
+        if event is None:
+            dropped = core.clear_cache(now)
+            stale.update(dict.fromkeys(loading, True))
+            log.warning("shared store may have missed changes: dropped %d cached sessions", dropped)
+            return
+        for session_id in event.removed:
+            core.forget(session_id)
+            if session_id in loading:
+                stale[session_id] = True
+        for session_id in event.created:
+            core.forget_absent(session_id)
+            if session_id in loading:
+                stale.setdefault(session_id, False)
+
+    async def _run_invalidations(self, store: SharedStore) -> None:
+        """Feed a shared store's invalidations to the actor, in the order the store learnt
+        them; ends when the store closes its channel or the engine closes."""
+        async with store.invalidations() as changes:
+            async for event in changes:
+                try:
+                    await request(self.send, INVALIDATE, "", event)
+                except EngineClosedError:
+                    return
 
 
 def _by_count(item: tuple[Principal, int]) -> int:

@@ -23,8 +23,14 @@ from typing import Any, Final, final
 import outcome
 import trio
 
-from ._errors import EngineClosedError, InvalidSessionIdError, StorageError
-from ._faults import error_kind
+from ._errors import (
+    EngineClosedError,
+    InvalidSessionIdError,
+    SessionExistsError,
+    SessionGoneError,
+    StorageError,
+    error_kind,
+)
 from ._ids import validate_session_id
 from .storage import Principal
 
@@ -37,8 +43,9 @@ __all__ = [
     "GET",
     "GET_AND_TOUCH",
     "INFO",
-    "PARKED",
+    "INVALIDATE",
     "REPLACE",
+    "PARKED",
     "SENDING",
     "SWEEP",
     "TICK",
@@ -64,10 +71,10 @@ class CallKind(enum.Enum):
     """Extend a live session's TTL."""
     GET_AND_TOUCH = ("get_and_touch", True, True)
     """Both in one round trip: the per-request path."""
+    REPLACE = ("replace", True, True)
+    """Give a live session a new payload; answered when its write is durable."""
     DELETE = ("delete", True, True)
     """Remove a session; answered when its delete is durable."""
-    REPLACE = ("replace", True, True)
-    """A live session's new payload; answered when its write is durable."""
     INFO = ("info", True, True)
     """A live session's payload and timestamps."""
     FLUSH = ("flush", False, False)
@@ -76,6 +83,9 @@ class CallKind(enum.Enum):
     """The flush ticker: start persisting what is dirty now; answered at once."""
     SWEEP = ("sweep", False, False)
     """The sweeper: remove due sessions; answered when none is due."""
+    INVALIDATE = ("invalidate", False, False)
+    """A shared store's report of changes other engines made (its argument, an
+    :data:`~engine.storage.Invalidation`): drop what memory holds of them; answered at once."""
 
     def __init__(self, _label: str, names_session: bool, reads_session: bool) -> None:
         # The label only keeps the values distinct (equal values would make aliases).
@@ -114,6 +124,7 @@ INFO: Final = CallKind.INFO
 FLUSH: Final = CallKind.FLUSH
 TICK: Final = CallKind.TICK
 SWEEP: Final = CallKind.SWEEP
+INVALIDATE: Final = CallKind.INVALIDATE
 SENDING: Final = CallState.SENDING
 PARKED: Final = CallState.PARKED
 ABANDONED: Final = CallState.ABANDONED
@@ -174,10 +185,16 @@ class Call:
 
     def settle(self, error: Exception | None) -> None:
         """Writer callback: the call's write (or, for a flush, its batch) is done. Answers with
-        :attr:`result`, or a :class:`~engine.StorageError` if the write failed (its message
-        names the kind of error, never a file: file names derive from session ids)."""
+        :attr:`result`; with :class:`~engine.storage.SessionExistsError` for a create a shared
+        store refused (final: not retried), with False for a replace of a session a shared store
+        no longer holds; else a :class:`~engine.StorageError` if the write failed (it is
+        retried)."""
         if error is None:
             self.reply(self.result)
+        elif isinstance(error, SessionExistsError):
+            self.fail(SessionExistsError(str(error)))
+        elif isinstance(error, SessionGoneError):
+            self.reply(False)
         else:
             self.fail(StorageError(f"storage write failed ({error_kind(error)}); it is retried"))
 

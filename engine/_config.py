@@ -16,20 +16,22 @@ import math
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Final, final
+from typing import Any, Final, Literal, final
 
 import attrs
 import cattrs
 
 from ._errors import ConfigError
-from .storage import DEFAULT_STORE, STORE_KINDS, StoreKind
+from .storage import DEFAULT_STORE, REDIS_URL_SCHEMES, STORE_KINDS, StoreKind, redact_url
 
 __all__ = [
     "NONE_WORDS",
+    "STORE_NAMES",
     "TEXT",
     "TYPED",
     "HELP",
     "EngineConfig",
+    "StoreName",
     "Validator",
     "env_values",
     "integer",
@@ -116,6 +118,35 @@ def _path_or_none(instance: object, attribute: attrs.Attribute[Any], value: obje
         raise ConfigError(attribute.name, f"must be a path or None, got {value!r}")
 
 
+StoreName = StoreKind | Literal["redis"]
+"""The stores :class:`EngineConfig` can name (``store``): the folder stores
+(:data:`~engine.storage.STORE_KINDS`) and ``"redis"``. :func:`~engine.open_engine` builds each
+(``engine/_open.py``); a new store adds its name here and its case there."""
+
+STORE_NAMES: Final[tuple[str, ...]] = (*STORE_KINDS, "redis")
+
+
+def _redis_url(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, str):
+        raise ConfigError(attribute.name, f"must be a URL, got {type(value).__name__}")
+    scheme = value.partition("://")[0].lower() if "://" in value else ""
+    if scheme not in REDIS_URL_SCHEMES:
+        raise ConfigError(
+            attribute.name,
+            f"must start with one of {', '.join(s + '://' for s in REDIS_URL_SCHEMES)}, "
+            f"got {redact_url(value)!r}",
+        )
+
+
+def _nonempty(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(attribute.name, f"must be a non-empty string, got {value!r}")
+
+
+def _redacted(url: str | None) -> str:
+    return repr(url) if url is None else repr(redact_url(url))
+
+
 # -- EngineConfig -------------------------------------------------------------------------------
 
 
@@ -137,12 +168,12 @@ class EngineConfig:
     """Folder holding the sessions (see :attr:`store`); ``None`` keeps sessions in memory only
     (nothing touches disk and no dirty state is kept)."""
 
-    store: StoreKind | None = attrs.field(
+    store: StoreName | None = attrs.field(
         default=None,
-        validator=optional(_choice(STORE_KINDS)),
+        validator=optional(_choice(STORE_NAMES)),
         metadata={
             HELP: "store in storage_dir: journal or directory (default: the one the folder "
-            f"holds; a new folder gets the {DEFAULT_STORE} store)"
+            f"holds; a new folder gets the {DEFAULT_STORE} store); or redis (redis_url)"
         },
     )
     """Which store keeps the sessions in :attr:`storage_dir`: ``"journal"`` (an append-only
@@ -151,7 +182,8 @@ class EngineConfig:
     written by either keeps opening with it; a new or empty folder gets the
     :data:`~engine.storage.DEFAULT_STORE` (the journal; docs/design.md says why). A folder that
     holds the other store than the one named is refused at open (migrate it:
-    ``python -m engine migrate``)."""
+    ``python -m engine migrate``). ``"redis"``: sessions in a Redis or Valkey shared by several
+    engines (:attr:`redis_url`; :attr:`storage_dir` is not used)."""
 
     ttl: float = attrs.field(
         default=24 * 3600.0,
@@ -236,6 +268,46 @@ class EngineConfig:
         metadata={HELP: "longest the final flush may take at shutdown, in seconds"},
     )
     """Longest time closing may spend on the final flush (shielded from cancellation)."""
+
+    redis_url: str | None = attrs.field(
+        default=None,
+        repr=_redacted,
+        validator=optional(_redis_url),
+        metadata={HELP: "with store=redis: redis://[:password@]host:port/db, rediss://, unix://"},
+    )
+    """With ``store="redis"`` (required there): ``redis://[[user]:password@]host[:port][/db]``,
+    ``rediss://`` (TLS), ``unix://`` (socket), ``redis+cluster://host:port`` or
+    ``redis+sentinel://host:port[,host:port]/service[/db]``. The password may instead come from
+    ``ENGINE_REDIS_PASSWORD``; ``repr`` and logs show it as ``***``."""
+
+    redis_prefix: str = attrs.field(
+        default="engine:",
+        validator=_nonempty,
+        metadata={HELP: "key prefix in Redis"},
+    )
+    """Key prefix in Redis (keys are ``<prefix>{<id>}``; invalidations go to the channel
+    ``<prefix>invalidate``)."""
+
+    redis_timeout: float = attrs.field(
+        default=1.0,
+        validator=seconds,
+        metadata={HELP: "seconds Redis has to answer before a create, delete or load fails"},
+    )
+    """Longest wait for Redis to answer before a create, delete or load fails with
+    :class:`~engine.StorageError` (the server answers 503)."""
+
+    absent_ttl: float = attrs.field(
+        default=1.0,
+        validator=seconds,
+        metadata={HELP: "seconds an id a shared store did not hold is answered as unknown"},
+    )
+    """Shared stores (Redis): how long an id that storage did not hold is answered as unknown
+    without asking storage again (the negative cache; at most 10,000 ids). A create on another
+    engine clears it at once through the invalidation channel."""
+
+    def __attrs_post_init__(self) -> None:
+        if self.store == "redis" and self.redis_url is None:
+            raise ConfigError("redis_url", 'required with store="redis"')
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, object]) -> EngineConfig:
@@ -447,7 +519,7 @@ def _converter(
     converter.register_structure_hook(bool, flag)
     converter.register_structure_hook_func(lambda t: t == tuple[str, ...], texts)
     converter.register_structure_hook(Path | None, path)
-    converter.register_structure_hook_func(lambda t: t == StoreKind | None, store)
+    converter.register_structure_hook_func(lambda t: t == StoreName | None, store)
     converter.register_unstructure_hook(Path, str)
     converter.register_unstructure_hook(tuple, list)
     return converter

@@ -25,11 +25,12 @@ import msgspec
 from ._errors import CapacityError, OwnerLimitError, SessionOwnedError, error_kind
 from ._faults import LogLimiter, suppressed_note
 from ._ids import fingerprint
-from .storage import Principal, Put
+from .storage import Principal, Put, PutKind, coalesce
 
 __all__ = [
     "HEAP_COMPACT_FACTOR",
     "HEAP_COMPACT_SLACK",
+    "MAX_ABSENT",
     "Cause",
     "Entry",
     "OwnerSlot",
@@ -46,6 +47,9 @@ P_co = TypeVar("P_co", covariant=True)
 Encoder = Callable[[str, "Entry[P]"], bytes]
 
 HEAP_COMPACT_FACTOR: Final = 2
+MAX_ABSENT: Final = 10_000
+"""Most ids the negative cache holds (stores that load on a miss); the oldest go first."""
+
 HEAP_COMPACT_SLACK: Final = 64
 """The expiry heap is rebuilt from the live sessions when it holds more than
 ``HEAP_COMPACT_FACTOR * sessions + HEAP_COMPACT_SLACK`` items (stale items of touched, deleted
@@ -84,8 +88,6 @@ class Cause(enum.Enum):
 
     CREATE = "create"
     """A create: written at once, and the create returns when it is durable."""
-    REPLACE = "replace"
-    """A replace (a live session's new payload): written at once, like a create."""
     REQUESTS = "requests"
     """The touch-count trigger (N touches since the last persist)."""
     INTERVAL = "interval"
@@ -94,9 +96,19 @@ class Cause(enum.Enum):
     """The periodic flush tick."""
     FLUSH = "flush"
     """An explicit flush, or the final flush at close."""
+    REPLACE = "replace"
+    """A new payload for a live session: written at once, like a create."""
     ROLLBACK = "rollback"
     """A create, replace or delete whose write failed was undone: the state before it is
     written back."""
+
+
+_KINDS: Final = {
+    Cause.CREATE: PutKind.CREATE,
+    Cause.REPLACE: PutKind.OVERWRITE,
+    Cause.ROLLBACK: PutKind.OVERWRITE,
+}
+"""The kind of the write each cause makes (any other: an update, touches only)."""
 
 
 class Entry(msgspec.Struct, Generic[P], gc=False):
@@ -204,6 +216,11 @@ class SessionTable(Generic[P]):
         """Calls that named a live session of another owner (answered as unknown)."""
         self.owner_refusals = 0
         """Creates refused by ``max_sessions_per_owner``."""
+        self.dropped = 0
+        """Sessions dropped from memory because shared storage changed them elsewhere."""
+        self.absent: dict[str, float] = {}
+        """Negative cache (stores that load on a miss): ids storage did not hold, and until when
+        to believe it; oldest first, at most :data:`MAX_ABSENT` of them."""
         self.applied = 0
         """Requests applied so far; the sequence number of the last one."""
 
@@ -239,6 +256,8 @@ class SessionTable(Generic[P]):
                 f"session {fingerprint(session_id)} (fingerprint) is live with another owner; a "
                 "create does not replace it"
             )
+        if self.absent:
+            self.absent.pop(session_id, None)
         self._insert(session_id, Entry(payload, now, now, now + self.ttl, now, 0, owner), now)
         self._persist(session_id, Cause.CREATE, now)
         return live
@@ -246,10 +265,10 @@ class SessionTable(Generic[P]):
     def replace(
         self, session_id: str, payload: P, now: float, owner: Principal | None = None
     ) -> Entry[P] | None:
-        """Give a live session of *owner* a new payload, keeping its ``created_at`` and owner;
-        it counts as a touch (the TTL restarts). Writes it at once. Returns the entry it
-        replaced (for :meth:`restore`), or ``None``, changing nothing, if the id is unknown,
-        expired or another owner's."""
+        """Give a live session of *owner* a new payload (and touch it), keeping its
+        ``created_at`` and owner; written at once. Returns the entry it replaced (a new entry
+        takes its place, for :meth:`restore`), or ``None``, changing nothing, for an unknown or
+        expired id, or another owner's."""
         self.applied += 1
         previous = self._owned(session_id, now, owner)
         if previous is None:
@@ -312,10 +331,14 @@ class SessionTable(Generic[P]):
             if self._encode is not None:
                 self.outbox[session_id] = None
             return
-        if session_id not in self.sessions:
+        reinsert = session_id not in self.sessions
+        if reinsert:
             self._make_room(now)
         self._insert(session_id, entry, now)
         self._persist(session_id, Cause.ROLLBACK, now)
+        put = self.outbox.get(session_id)
+        if reinsert and put is not None:  # the record may be gone (a failed delete): write it
+            self.outbox[session_id] = Put(put.data, put.expires, PutKind.REPLACE)
 
     def owner_counts(self) -> dict[Principal, int]:
         """Live sessions per owner (sessions without an owner are not counted)."""
@@ -323,28 +346,99 @@ class SessionTable(Generic[P]):
 
     # -- loading ------------------------------------------------------------------------------
 
-    def load(self, record: SessionRecord[P], now: float) -> bool:
+    def load(self, record: SessionRecord[P], now: float, expires: float | None = None) -> bool:
         """Insert a session read from storage (clean: nothing to write). Its trigger clock starts
         now. Returns False, inserting nothing, if it has expired or the id is already live.
+
+        *expires*: the session's expiry in storage, when the store keeps one apart from the
+        record (a shared store extends a key's expiry on touches without rewriting its value):
+        if later than the record's own, the session expires then, and was last accessed one
+        ``ttl`` before it (or at the record's time, if later).
 
         At the bound it evicts like a create; if every live session was used within
         ``evict_idle_after``, the record is loaded over the bound all the same (a restart never
         logs out a session in use; creates are refused until the table is back under it)."""
         session_id = record.id
-        if record.expires <= now or session_id in self.sessions:
+        if self.absent:
+            self.absent.pop(session_id, None)
+        last_accessed_at = record.last_accessed_at
+        if expires is None or expires <= record.expires:
+            expires = record.expires
+        else:
+            last_accessed_at = max(last_accessed_at, expires - self.ttl)
+        if expires <= now or session_id in self.sessions:
             return False
         self._make_room(now)
         entry = Entry(
             record.payload,
             record.created_at,
-            record.last_accessed_at,
-            record.expires,
+            last_accessed_at,
+            expires,
             now,
             0,
             record.owner,
         )
         self._insert(session_id, entry, now)
         return True
+
+    # -- shared storage (memory is a cache of it) ----------------------------------------------
+
+    def resident(self, session_id: str, now: float) -> bool:
+        """True if *session_id* is live in memory (not a request: nothing is counted). One
+        past its expiry is removed as expired, so a store that loads on a miss is asked again:
+        another engine may have extended it."""
+        return self._live(session_id, now) is not None
+
+    def note_absent(self, session_id: str, until: float) -> None:
+        """Storage does not hold *session_id*: answer it as unknown without asking storage again
+        until *until* (a flood of made-up ids must not become a flood of reads). Entries share
+        one lifetime, so the oldest is the first to go past :data:`MAX_ABSENT`."""
+        absent = self.absent
+        absent.pop(session_id, None)
+        if len(absent) >= MAX_ABSENT:
+            del absent[next(iter(absent))]
+        absent[session_id] = until
+
+    def known_absent(self, session_id: str, now: float) -> bool:
+        """True while a recent load found *session_id* absent (see :meth:`note_absent`)."""
+        until = self.absent.get(session_id)
+        if until is None:
+            return False
+        if until <= now:
+            del self.absent[session_id]
+            return False
+        return True
+
+    def forget_absent(self, session_id: str) -> None:
+        """Storage holds *session_id* now (another engine created it): drop any "not there"
+        answer for it."""
+        self.absent.pop(session_id, None)
+
+    def forget(self, session_id: str) -> bool:
+        """Drop *session_id* from memory without any storage operation (another engine changed
+        it, or storage no longer holds it): the next request loads it again. Its unwritten
+        touches are discarded, and any "not there" answer for it. True if it was in memory."""
+        self.absent.pop(session_id, None)
+        if session_id not in self.sessions:
+            return False
+        self._remove(session_id)
+        self.dropped += 1
+        return True
+
+    def clear_cache(self, now: float) -> int:
+        """Treat every cached session as suspect (storage may have changed them unseen): write
+        each dirty session's touches, then drop every session from memory and forget the
+        negative cache. Returns how many were dropped."""
+        self.persist_dirty(len(self.dirty), Cause.FLUSH, now)
+        count = len(self.sessions)
+        self.dirty.clear()  # what is left could not be encoded: dropped with its session
+        self.unencodable.clear()
+        self.sessions.clear()
+        self.owners.clear()
+        self._heap.clear()
+        self.absent.clear()
+        self.dropped += count
+        return count
 
     # -- background work ----------------------------------------------------------------------
 
@@ -464,7 +558,9 @@ class SessionTable(Generic[P]):
         except Exception as exc:  # a payload mutated after create into something unencodable
             self._encode_failed(session_id, exc, now)
             return
-        self.outbox[session_id] = Put(data, entry.expires)
+        new = Put(data, entry.expires, _KINDS.get(cause, PutKind.UPDATE))
+        outbox = self.outbox
+        outbox[session_id] = coalesce(outbox[session_id], new) if session_id in outbox else new
         entry.touches = 0
         entry.last_persist = now
         self.dirty.pop(session_id, None)

@@ -83,6 +83,13 @@ class Statistics:
     (and creates refused with :class:`~engine.SessionOwnedError`)."""
     owner_refusals: int = 0
     """Creates refused with :class:`~engine.OwnerLimitError` (``max_sessions_per_owner``)."""
+    dropped: int = 0
+    """Sessions dropped from memory because a shared store changed them elsewhere (deleted by
+    another engine, gone from the store, a dropped invalidation subscription)."""
+    absent_hits: int = 0
+    """Requests for ids a shared store recently did not hold, answered without asking it."""
+    store_state: str = ""
+    """A shared store's connection state (``up``, ``down``, ``closed``); empty for others."""
     lost_at_close: int = 0
     """After close: sessions whose latest state did not reach storage (a write or delete
     still failing, or a payload that cannot be encoded, when the final flush gave up). 0
@@ -144,9 +151,11 @@ class Engine(Generic[P]):
         when one may be);
         :class:`~engine.StorageError` if the write failed: the create is undone (an id that was
         not live is not live, in memory or, once the retried delete lands, in storage; a
-        session it replaced is back). Checkpoint. Cancel-safe until applied; cancelled while
-        waiting for durability, the session stays created and its write continues. After close:
-        :class:`~engine.EngineClosedError`.
+        session it replaced is back). On a shared store (Redis) a create never replaces: it raises
+        :class:`~engine.storage.SessionExistsError` if the store holds that id (nothing is
+        changed; use :meth:`replace`). Checkpoint. Cancel-safe until applied; cancelled while
+        waiting for durability, the session stays created and its write continues. After
+        close: :class:`~engine.EngineClosedError`.
         """
         try:
             validate_session_id(session_id)
@@ -157,16 +166,19 @@ class Engine(Generic[P]):
         await request(self._send, CREATE, session_id, checked, owner)
 
     async def replace(self, session_id: str, payload: P, *, owner: Principal | None = None) -> bool:
-        """Give a live session of *owner* a new payload, keeping its ``created_at`` and owner;
-        it counts as a touch (the TTL restarts). Returns False, changing nothing, for an
-        unknown or expired id or one that is not *owner*'s.
+        """Give a live session of *owner* a new payload (and extend its TTL, as a touch does);
+        returns False, changing nothing, for an unknown or expired id or another owner's.
+        Unlike :meth:`create` it never makes a session: on a shared store (Redis) it rewrites
+        the stored record only if it is still there (False if another engine deleted it
+        meanwhile), and other engines drop their cached copy.
 
-        With storage, returns once the new record is durable. Raises
-        :class:`~engine.PayloadError` if *payload* is not a valid ``payload_type`` (nothing is
-        applied); :class:`~engine.StorageError` if the write failed: the replace is undone (the
-        session keeps its previous payload, in memory and in storage). Checkpoint. Cancel-safe
-        until applied; cancelled while waiting for durability, the new payload stays and its
-        write continues. After close: :class:`~engine.EngineClosedError`.
+        With storage, returns once the record is durable. Raises :class:`~engine.PayloadError`
+        if *payload* is not a valid ``payload_type`` (nothing is applied);
+        :class:`~engine.StorageError` if the write failed: the replace is undone (the session
+        keeps its previous payload, in memory and in storage). ``created_at`` and the owner are
+        kept. Checkpoint. Cancel-safe until applied; cancelled while
+        waiting for durability, the new payload stays and its write continues. After close:
+        :class:`~engine.EngineClosedError`.
         """
         try:
             validate_session_id(session_id)
@@ -197,11 +209,12 @@ class Engine(Generic[P]):
 
     async def delete(self, session_id: str, *, owner: Principal | None = None) -> bool:
         """Remove a session of *owner* from memory and storage; True if it was live and
-        *owner*'s (another owner's session is left alone: False). With storage, returns once
-        the delete is durable (raises :class:`~engine.StorageError` if it failed: the delete is
-        undone, the session is live again and written back to storage). Checkpoint. Cancel-safe
-        until applied; cancelled while waiting for durability, the delete stands and its write
-        continues. After close :class:`~engine.EngineClosedError`."""
+        *owner*'s (another owner's session is left alone: False; on a shared store, live as
+        this engine knew it: another may have deleted it a moment before). With storage,
+        returns once the delete is durable (raises :class:`~engine.StorageError` if it failed:
+        the delete is undone, the session is live again and written back to storage).
+        Checkpoint. Cancel-safe until applied; cancelled while waiting for durability, the
+        delete stands and its write continues. After close :class:`~engine.EngineClosedError`."""
         return cast(bool, await request(self._send, DELETE, session_id, None, owner))
 
     async def info(

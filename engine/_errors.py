@@ -22,6 +22,8 @@ __all__ = [
     "InvalidSessionIdError",
     "OwnerLimitError",
     "PayloadError",
+    "SessionExistsError",
+    "SessionGoneError",
     "SessionOwnedError",
     "StorageError",
     "StorageLockedError",
@@ -116,3 +118,16 @@ def error_kind(error: BaseException) -> str:
     if isinstance(error, EngineError):
         return f"{type(error).__name__}: {error}"
     return type(error).__name__
+
+
+@final
+class SessionExistsError(StorageError):
+    """A create of an id that a shared store (Redis) already holds: an id collision is an error,
+    never an overwrite. The engine drops its own copy and the create is not retried."""
+
+
+@final
+class SessionGoneError(StorageError):
+    """A shared store no longer holds a session this engine had cached (another engine deleted
+    it, or it expired in the store): a store's answer to a touch persist, never raised to a
+    caller. The engine drops the session from its cache."""

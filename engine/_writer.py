@@ -15,17 +15,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Protocol, final
+from typing import Final, Protocol, final
 
 import trio
 
-from ._errors import StorageResetError
-from ._faults import LogLimiter, error_kind, error_kinds, suppressed_note
-from .storage import Put, Store
+from ._errors import SessionExistsError, SessionGoneError, StorageResetError, error_kind
+from ._faults import LogLimiter, error_kinds, suppressed_note
+from ._ids import fingerprint
+from .storage import Put, PutKind, Store, coalesce
 
 __all__ = ["Notify", "Waiter", "Writer"]
 
 log = logging.getLogger("engine")
+
+_FINAL: Final = (SessionExistsError, SessionGoneError)
+"""Per-id answers of a shared store that are outcomes, not failures (never retried)."""
 
 
 class Waiter(Protocol):
@@ -52,15 +56,27 @@ class Notify:
 class Writer:
     """Coalesces storage operations per id and applies them one batch at a time (:meth:`run`).
 
-    A failed operation is put back (unless a newer one for its id arrived), counted, logged and
-    retried after *retry_interval*. *on_reset* runs when the store reports it lost everything
-    (:class:`~engine.StorageResetError`): the engine then marks every live session dirty.
+    A failed operation is put back (merged with a newer one for its id, which wins), counted,
+    logged and retried after *retry_interval*. *on_reset* runs when the store reports it lost
+    everything (:class:`~engine.StorageResetError`): the engine then marks every live session
+    dirty. Two per-id answers of a shared store are final outcomes, never retried:
+    :class:`~engine.storage.SessionExistsError` (a create collided) and
+    :class:`~engine.storage.SessionGoneError` (an update found the session gone); unless a newer
+    create or delete of that id is pending, *on_final* is called with the id (the engine drops
+    its copy: the store's is the truth).
     """
 
-    def __init__(self, store: Store, retry_interval: float, on_reset: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        retry_interval: float,
+        on_reset: Callable[[], None],
+        on_final: Callable[[str], object] = lambda _: None,
+    ) -> None:
         self.store = store
         self.retry_interval = retry_interval
         self.on_reset = on_reset
+        self.on_final = on_final
         self.pending: dict[str, Put | None] = {}
         """Operations for the next batch, latest per id."""
         self.waiters: list[tuple[str | None, Waiter]] = []
@@ -83,11 +99,16 @@ class Writer:
 
     def submit(self, ops: dict[str, Put | None]) -> None:
         """Queue *ops* (taking ownership of the dict); a newer operation replaces an older one
-        for the same id that has not started."""
-        if self.pending:
-            self.pending.update(ops)
-        else:
+        for the same id that has not started (:func:`~engine.storage.coalesce`: a pending create
+        stays a create)."""
+        pending = self.pending
+        if not pending:
             self.pending = ops
+        else:
+            for session_id, op in ops.items():
+                pending[session_id] = (
+                    coalesce(pending[session_id], op) if session_id in pending else op
+                )
         self._lot.unpark_all()
 
     def wait(self, session_id: str | None, waiter: Waiter, probe: bool = False) -> None:
@@ -128,9 +149,9 @@ class Writer:
             waiters = self.in_flight_waiters = self.waiters
             self.pending, self.waiters = {}, []
             failed: dict[str, Exception] = {}
+            crashed = False
             if batch or self.probe:
                 self.probe = False
-                crashed = False
                 try:
                     result = await self.store.write(batch)
                     failed = {sid: exc for sid, exc in result.items() if sid in batch}
@@ -143,23 +164,46 @@ class Writer:
                 except Exception as crash:  # a backend bug or unexpected fault: fail the batch
                     failed = dict.fromkeys(batch, crash)
                     crashed = True
-                self.writes += len(batch) - len(failed)
-                self.errors += len(failed)
-                self._log_outcome(len(batch), failed, crashed)
-            for failed_id in failed:
-                if failed_id not in self.pending:  # else a newer operation supersedes it
-                    self.pending[failed_id] = batch[failed_id]
+            retried = 0
+            for failed_id, error in failed.items():
+                if isinstance(error, _FINAL):
+                    self._final(failed_id, error)
+                    continue
+                retried += 1
+                old, pending = batch[failed_id], self.pending
+                pending[failed_id] = (
+                    coalesce(old, pending[failed_id]) if failed_id in pending else old
+                )
+            self.writes += len(batch) - retried
+            self.errors += retried
+            if batch or failed:
+                self._log_outcome(len(batch), failed, retried, crashed)
             self.in_flight, self.in_flight_waiters = {}, []
-            first_error = next(iter(failed.values()), None)
+            first_error = next((e for e in failed.values() if not isinstance(e, _FINAL)), None)
             for waited_id, waiter in waiters:
                 waiter.settle(first_error if waited_id is None else failed.get(waited_id))
-            if failed:
+            if retried:
                 await trio.sleep(self.retry_interval)
 
-    def _log_outcome(self, size: int, failed: dict[str, Exception], crashed: bool) -> None:
-        """One line for a failed batch (rate-limited), one when writes succeed again."""
+    def _final(self, session_id: str, outcome: Exception) -> None:
+        """A shared store's final answer for *session_id*'s operation: drop the engine's copy,
+        unless a newer create or delete of it is pending (that one decides)."""
+        log.info("session %s: %s", fingerprint(session_id), type(outcome).__name__)
+        pending = self.pending
+        if session_id in pending:
+            newer = pending[session_id]
+            if newer is None or newer.kind is not PutKind.UPDATE:
+                return
+            del pending[session_id]  # touches of a session the store does not hold as ours
+        self.on_final(session_id)
+
+    def _log_outcome(
+        self, size: int, failed: dict[str, Exception], retried: int, crashed: bool
+    ) -> None:
+        """One line for a batch with failures to retry (rate-limited), one when writes succeed
+        again."""
         now = trio.current_time()
-        if not failed:
+        if not retried:
             if self._failed_batches:
                 suppressed = self._recovery_log.allow(now)
                 if suppressed is not None:
@@ -173,7 +217,7 @@ class Writer:
                 self._failed_batches = self._failed_ops = 0
             return
         self._failed_batches += 1
-        self._failed_ops += len(failed)
+        self._failed_ops += retried
         suppressed = self._failure_log.allow(now)
         if suppressed is None:
             return
@@ -182,23 +226,23 @@ class Writer:
             if self._failed_batches > 1
             else ""
         )
+        errors = [e for e in failed.values() if not isinstance(e, _FINAL)]
         if crashed:
-            error = next(iter(failed.values()))
             log.error(
                 "storage backend raised %s on a batch of %d operations; retrying every %g s%s%s",
-                error_kind(error),
+                error_kind(errors[0]),
                 size,
                 self.retry_interval,
                 since,
                 suppressed_note(suppressed),
-                exc_info=error,
+                exc_info=errors[0],
             )
             return
         log.error(
             "storage writes failed: %d of %d operations (%s); retrying every %g s%s%s",
-            len(failed),
+            retried,
             size,
-            error_kinds(failed.values()),
+            error_kinds(errors),
             self.retry_interval,
             since,
             suppressed_note(suppressed),

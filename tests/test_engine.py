@@ -146,6 +146,29 @@ async def test_create_replaces_live_session(tmp_path: Path) -> None:
     assert record is not None and record["payload"]["tags"] == ["other"]
 
 
+async def test_replace_gives_a_live_session_a_new_payload_and_never_makes_one(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    sid = new_session_id()
+    other = ConnectionConfig(tags=("other",))
+    async with open_engine(config(tmp_path, ttl=60), wall_time=wall()) as e:
+        assert await e.replace(sid, other) is False  # unknown: nothing made
+        assert await e.get(sid) is None and session_files(tmp_path) == []
+        await e.create(sid, RICH)
+        mock_clock.jump(10)
+        assert await e.replace(sid, other) is True  # durable when it returns
+        record = stored(tmp_path, sid)
+        assert record is not None and record["payload"]["tags"] == ["other"]
+        info = await e.info(sid)
+        assert info is not None and info.expires == pytest.approx(T0 + 10 + 60)  # a touch too
+        assert e.statistics().persists["replace"] == 1
+        with pytest.raises(PayloadError):
+            await e.replace(sid, "not a payload")  # type: ignore[arg-type]
+        mock_clock.jump(61)
+        assert await e.replace(sid, RICH) is False  # expired: not brought back
+        assert await e.get(sid) is None
+
+
 class StructPayload(msgspec.Struct, frozen=True):
     user: str
     scopes: tuple[str, ...] = ()

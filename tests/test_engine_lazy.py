@@ -65,7 +65,9 @@ class SharedStore:
     async def load_all(self, parse: Callable[[bytes], R], now: float) -> list[R]:
         raise AssertionError("a lazy store is never preloaded")
 
-    async def load_one(self, session_id: str, parse: Callable[[bytes], R]) -> R | None:
+    async def load_one(
+        self, session_id: str, parse: Callable[[bytes], R]
+    ) -> tuple[R, float] | None:
         self.loads.append(session_id)
         if self.gate is not None:
             await self.gate.wait()
@@ -73,7 +75,10 @@ class SharedStore:
         if self.fail_loads:
             raise ConnectionError("store unreachable")
         put = self.data.get(session_id)
-        return None if put is None else parse(put.data)
+        if put is None:
+            return None
+        record = parse(put.data)
+        return record, record.expires
 
     async def write(self, batch: WriteBatch) -> Mapping[str, Exception]:
         await trio.lowlevel.checkpoint()

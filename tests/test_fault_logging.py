@@ -130,7 +130,9 @@ class LazyFailingStore(MemoryStore):
 
     preloads = False
 
-    async def load_one(self, session_id: str, parse: Callable[[bytes], R]) -> R | None:
+    async def load_one(
+        self, session_id: str, parse: Callable[[bytes], R]
+    ) -> tuple[R, float] | None:
         raise OSError(errno.ECONNREFUSED, f"cannot reach the store for {session_id}")
 
     async def write(self, batch: Mapping[str, Put | None]) -> Mapping[str, Exception]:

@@ -89,6 +89,12 @@ class Metrics:
                 stats.storage_writes,
             ),
             (
+                "engine_sessions_dropped_total",
+                "counter",
+                "Sessions dropped from memory because a shared store changed them elsewhere.",
+                stats.dropped,
+            ),
+            (
                 "engine_storage_errors_total",
                 "counter",
                 "Storage operations that failed.",
@@ -158,6 +164,9 @@ class Metrics:
         ):
             metric(name, kind, help_text)
             lines.append(f"{name} {value}")
+        if stats.store_state:
+            metric("engine_store_up", "gauge", "1 while the shared store (Redis) is reachable.")
+            lines.append(f"engine_store_up {int(stats.store_state == 'up')}")
         metric("engine_persists_total", "counter", "Session records written, by cause.")
         for cause, n in sorted(stats.persists.items()):
             lines.append(f'engine_persists_total{{cause="{cause}"}} {n}')

@@ -65,7 +65,7 @@ from .._errors import (
 )
 from .._ids import fingerprint, new_session_id, validate_session_id
 from .._open import open_engine
-from ..storage import Principal, Store
+from ..storage import Principal, Store, redact_url
 from ._auth import METADATA_PATHS, Authenticator, AuthFailure
 from ._config import ServerConfig
 from ._http import ensure_file_limit, serve_app, wait_for_signal
@@ -680,7 +680,7 @@ class McpApp:
                 return _storage_unavailable(
                     "the change was not saved", self.retry_after, request_id
                 )
-            if not replaced:  # it expired between the read and the write
+            if not replaced:  # gone meanwhile: expired (or, on a shared store, deleted elsewhere)
                 self.metrics.sessions_not_found += 1
                 return _json_error(404, SESSION_ERROR, "Session not found", request_id)
         return _Response(200, _result_body(request_id, outcome.result))
@@ -890,10 +890,17 @@ async def serve(
                 if auth.resource is None:
                     auth.resource = f"{binds[0]}/mcp"
                 storage = config.engine.storage_dir
+                where = (
+                    redact_url(config.engine.redis_url or "")
+                    if config.engine.store == "redis"
+                    else storage.resolve()
+                    if storage
+                    else "memory only"
+                )
                 if announce is not None:
                     print(
                         f"engine: serving on {binds[0]}/mcp "
-                        f"(storage: {storage.resolve() if storage else 'memory only'}, "
+                        f"(storage: {where}, "
                         f"{_sessions(engine.statistics().live_sessions)} loaded)",
                         file=announce,
                         flush=True,

@@ -10,6 +10,13 @@ whichever of the two a folder holds (:func:`detect_store`). Every filesystem cal
 goes through a :class:`FileSystem` (default
 :data:`OS_FILE_SYSTEM`), the seam tests inject faults through.
 
+:class:`RedisStore` shares sessions between engines on several machines: it is a
+:class:`SharedStore` (memory is a cache of it; it reports other engines' changes as
+:data:`Invalidation` values). :class:`PutKind` tells a shared store a create from an update,
+:func:`coalesce` merges two operations of one id; :class:`SessionExistsError` and
+:class:`SessionGoneError` are its final per-id answers. :func:`redact_url` hides a URL's
+password; :data:`REDIS_URL_SCHEMES` are the URLs it accepts.
+
 Inspection, for tools beside a running engine (the ``inspect``/``stats``/``purge`` commands):
 :func:`scan` reports every entry of a folder by the store's own rules without changing
 anything, and :func:`probe_lock` tells whether an engine holds a folder without taking its
@@ -18,6 +25,8 @@ lock. :func:`file_name_for` is the file name of a session id. For a journal fold
 record.
 """
 
+from .._errors import SessionExistsError as SessionExistsError
+from .._errors import SessionGoneError as SessionGoneError
 from ._directory import DirectoryStore as DirectoryStore
 from ._directory import LoadReport as LoadReport
 from ._files import ProblemKind as ProblemKind
@@ -39,16 +48,25 @@ from ._journal_scan import scan_journal as scan_journal
 from ._journal_scan import verify_journal as verify_journal
 from ._lock import LockState as LockState
 from ._lock import probe_lock as probe_lock
+from ._protocol import Changes as Changes
+from ._protocol import Invalidation as Invalidation
 from ._protocol import LoadedRecord as LoadedRecord
 from ._protocol import Put as Put
+from ._protocol import PutKind as PutKind
+from ._protocol import SharedStore as SharedStore
 from ._protocol import Store as Store
 from ._protocol import WriteBatch as WriteBatch
+from ._protocol import coalesce as coalesce
 from ._records import FORMAT_VERSION as FORMAT_VERSION
 from ._records import MAX_RECORD_BYTES as MAX_RECORD_BYTES
 from ._records import CorruptRecordError as CorruptRecordError
 from ._records import Principal as Principal
 from ._records import RecordDecoder as RecordDecoder
 from ._records import StoredSession as StoredSession
+from ._redis import REDIS_URL_SCHEMES as REDIS_URL_SCHEMES
+from ._redis import RedisStatus as RedisStatus
+from ._redis import RedisStore as RedisStore
+from ._redis import redact_url as redact_url
 from ._scan import ForeignEntry as ForeignEntry
 from ._scan import ScanItem as ScanItem
 from ._scan import ScannedRecord as ScannedRecord
@@ -59,6 +77,9 @@ __all__ = [
     "DEFAULT_STORE",
     "FORMAT_VERSION",
     "MAX_RECORD_BYTES",
+    "OS_FILE_SYSTEM",
+    "REDIS_URL_SCHEMES",
+    "Changes",
     "CompactionResult",
     "CorruptRecordError",
     "DirectoryStore",
@@ -66,11 +87,11 @@ __all__ = [
     "JournalReport",
     "JournalStats",
     "JournalStore",
-    "OS_FILE_SYSTEM",
     "STORE_KINDS",
     "FileSystem",
     "FolderStore",
     "ForeignEntry",
+    "Invalidation",
     "LoadReport",
     "LoadedRecord",
     "LockState",
@@ -78,17 +99,25 @@ __all__ = [
     "Principal",
     "ProblemKind",
     "Put",
+    "PutKind",
     "RecordDecoder",
+    "RedisStatus",
+    "RedisStore",
     "ScanItem",
     "ScanProblem",
     "ScannedRecord",
+    "SessionExistsError",
+    "SessionGoneError",
+    "SharedStore",
     "Store",
     "StoreKind",
     "StoredSession",
     "WriteBatch",
+    "coalesce",
     "detect_store",
     "file_name_for",
     "probe_lock",
+    "redact_url",
     "scan",
     "scan_journal",
     "verify_journal",

@@ -279,19 +279,23 @@ class DirectoryStore:
         )
         self.report.quarantined.append((name, reason))
 
-    async def load_one(self, session_id: str, parse: Callable[[bytes], R]) -> R | None:
-        """Read one session's record, or ``None`` if it has no file. Raises ``ValueError``
-        (:class:`~engine.storage.CorruptRecordError`) for a file that is not a loadable record.
-        A checkpoint; runs in a worker thread, which a cancellation waits for."""
+    async def load_one(
+        self, session_id: str, parse: Callable[[bytes], R]
+    ) -> tuple[R, float] | None:
+        """Read one session's record and its expiry (the record's own), or ``None`` if it has no
+        file. Raises ``ValueError`` (:class:`~engine.storage.CorruptRecordError`) for a file
+        that is not a loadable record. A checkpoint; runs in a worker thread, which a
+        cancellation waits for."""
         path = str(self.path / file_name_for(session_id))
 
-        def read() -> R | None:
+        def read() -> tuple[R, float] | None:
             try:
-                return parse(read_record(self._fs, path))
+                record = parse(read_record(self._fs, path))
             except FileNotFoundError:
                 return None
             except RecordProblem as exc:
                 raise CorruptRecordError(exc.detail) from None
+            return record, record.expires
 
         return await trio.to_thread.run_sync(read)
 

@@ -130,7 +130,9 @@ class FolderStore:
         """:meth:`JournalStore.load_all` / :meth:`DirectoryStore.load_all`."""
         return await self._store().load_all(parse, now)
 
-    async def load_one(self, session_id: str, parse: Callable[[bytes], R]) -> R | None:
+    async def load_one(
+        self, session_id: str, parse: Callable[[bytes], R]
+    ) -> tuple[R, float] | None:
         """:meth:`JournalStore.load_one` / :meth:`DirectoryStore.load_one`."""
         return await self._store().load_one(session_id, parse)
 

@@ -371,15 +371,20 @@ class JournalStore:
             if collecting:
                 gc.enable()
 
-    async def load_one(self, session_id: str, parse: Callable[[bytes], R]) -> R | None:
-        """Read one session by replaying the whole journal (slow; the engine never calls this,
-        the journal preloads). ``None`` if absent or expired."""
+    async def load_one(
+        self, session_id: str, parse: Callable[[bytes], R]
+    ) -> tuple[R, float] | None:
+        """Read one session (and its own expiry) by replaying the whole journal (slow; the
+        engine never calls this, the journal preloads). ``None`` if absent or expired."""
 
-        def read() -> R | None:
+        def read() -> tuple[R, float] | None:
             result = replay(
                 self._fs, self.path, now=time.time(), repair=False, parse=parse, only=session_id
             )
-            return result.records[0] if result.records else None
+            if not result.records:
+                return None
+            record = result.records[0]
+            return record, record.expires
 
         return await trio.to_thread.run_sync(read)
 

@@ -97,10 +97,16 @@ class MemoryStore:
                 out.append(record)
         return out
 
-    async def load_one(self, session_id: str, parse: Callable[[bytes], R]) -> R | None:
-        """The record of *session_id* in :attr:`data`, or ``None``. Not a checkpoint."""
+    async def load_one(
+        self, session_id: str, parse: Callable[[bytes], R]
+    ) -> tuple[R, float] | None:
+        """The record of *session_id* in :attr:`data` and its expiry, or ``None``. Not a
+        checkpoint."""
         data = self.data.get(session_id)
-        return None if data is None else parse(data)
+        if data is None:
+            return None
+        record = parse(data)
+        return record, record.expires
 
     async def write(self, batch: WriteBatch) -> Mapping[str, Exception]:
         """Apply *batch* after its delay (that many checkpoints; none by default)."""

@@ -132,7 +132,7 @@ async def test_store_write_and_delete_are_durable_batches(tmp_path: Path) -> Non
         assert failed == {}
         assert sorted(os.listdir(tmp_path / "s")) == [".lock", "b.session"]
         loaded = await ds.load_one("b", DECODER.decode)
-        assert loaded is not None and loaded.id == "b"
+        assert loaded is not None and loaded[0].id == "b"
         assert await ds.load_one("a", DECODER.decode) is None
     finally:
         await ds.aclose()

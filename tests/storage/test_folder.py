@@ -92,8 +92,8 @@ async def test_the_store_asked_for_is_what_a_new_folder_gets(tmp_path: Path) -> 
 def test_store_setting_is_validated_and_read_from_text() -> None:
     assert EngineConfig().store is None
     assert EngineConfig(store="journal").store == "journal"
-    with pytest.raises(ConfigError, match="store: must be one of directory, journal"):
-        EngineConfig(store="redis")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="store: must be one of directory, journal, redis"):
+        EngineConfig(store="sqlite")  # type: ignore[arg-type]
     assert EngineConfig.from_env(environ={"ENGINE_STORE": "directory"}).store == "directory"
     assert EngineConfig.from_env(environ={"ENGINE_STORE": "none"}).store is None
     assert EngineConfig.from_mapping({"store": "journal"}).store == "journal"

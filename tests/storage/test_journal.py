@@ -159,7 +159,7 @@ async def test_store_level_write_and_probe(tmp_path: Path) -> None:
         assert await store.write({"a": None, "never-existed": None}) == {}
         assert await store.write({"b": Put(record("b"), T0 + 10)}) == {}
         loaded = await store.load_one("b", CODEC.decode)
-        assert loaded is not None and loaded.id == "b"
+        assert loaded is not None and loaded[0].id == "b"
         assert await store.load_one("a", CODEC.decode) is None
         assert store.dead_records() == (1, 3)  # a put, two deletes (one of an absent id)
     finally:
