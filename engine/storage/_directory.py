@@ -33,6 +33,7 @@ from ._files import (
     file_name_for,
     folder_mode_problem,
     log_name,
+    make_folder,
     read_record,
     temp_name_for,
 )
@@ -111,7 +112,7 @@ class DirectoryStore:
 
     def _open_sync(self) -> None:
         fs = self._fs
-        created = self._make_folder()
+        created = make_folder(self._fs, self.path)
         try:
             fd = fs.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except NotADirectoryError:
@@ -130,33 +131,6 @@ class DirectoryStore:
         if problem is not None:
             raise StorageError(problem)
         self._lock_fd, self._lock_id = take_lock(fs, self.path)
-
-    def _make_folder(self) -> bool:
-        """Create the folder (0700) and its missing parents; True if it was created."""
-        fs = self._fs
-        try:
-            fs.lstat(self.path)
-            return False
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise StorageError(f"cannot examine storage_dir {self.path}: {exc}") from exc
-        missing = [self.path]
-        for parent in self.path.parents:
-            try:
-                fs.lstat(parent)
-                break
-            except FileNotFoundError:
-                missing.append(parent)
-            except OSError:
-                break
-        try:
-            for folder in reversed(missing):
-                with contextlib.suppress(FileExistsError):
-                    fs.mkdir(folder, 0o700 if folder == self.path else 0o777)
-        except OSError as exc:
-            raise StorageError(f"cannot create storage_dir {self.path}: {exc}") from exc
-        return True
 
     def _check_folder(self) -> None:
         """If the folder (seen through its lock file) was removed or replaced since open, set it

@@ -9,6 +9,7 @@ never disagree with the store about what a file is.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import errno
 import hashlib
@@ -17,15 +18,17 @@ import re
 import secrets
 import stat
 from collections.abc import Callable
+from pathlib import Path
 from typing import Final, TypeVar, final
 
-from .._errors import error_kind
+from .._errors import StorageError, error_kind
 from .._ids import fingerprint
 from ._fs import FileSystem
 from ._protocol import LoadedRecord
 from ._records import MAX_RECORD_BYTES, CorruptRecordError
 
 __all__ = [
+    "make_folder",
     "LOCK_NAME",
     "QUARANTINE",
     "SUFFIX",
@@ -245,3 +248,31 @@ def _type_name(mode: int) -> str:
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         return "a device"
     return "not a regular file"
+
+
+def make_folder(fs: FileSystem, path: Path) -> bool:
+    """Create the store folder *path* (0700) and its missing parents (0777 less the umask);
+    True if it was created. Raises :class:`~engine.StorageError` saying what failed."""
+    try:
+        fs.lstat(path)
+        return False
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise StorageError(f"cannot examine storage_dir {path}: {exc}") from exc
+    missing = [path]
+    for parent in path.parents:
+        try:
+            fs.lstat(parent)
+            break
+        except FileNotFoundError:
+            missing.append(parent)
+        except OSError:
+            break
+    try:
+        for folder in reversed(missing):
+            with contextlib.suppress(FileExistsError):
+                fs.mkdir(folder, 0o700 if folder == path else 0o777)
+    except OSError as exc:
+        raise StorageError(f"cannot create storage_dir {path}: {exc}") from exc
+    return True

@@ -24,7 +24,7 @@ import attrs
 import trio
 
 from .._errors import StorageError, StorageResetError
-from ._files import LOCK_NAME, folder_mode_problem
+from ._files import LOCK_NAME, folder_mode_problem, make_folder
 from ._fs import OS_FILE_SYSTEM, FileSystem
 from ._journal_compact import CompactionAborted, CompactionResult, compact
 from ._journal_format import (
@@ -231,7 +231,7 @@ class JournalStore:
 
     def _open_sync(self) -> None:
         fs = self._fs
-        created = self._make_folder()
+        created = make_folder(self._fs, self.path)
         try:
             fd = fs.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except NotADirectoryError:
@@ -262,33 +262,6 @@ class JournalStore:
                 "with the directory store, or migrate it (python -m engine migrate)"
             )
         self._next_seq = max(self._next_seq, listing.max_seq + 1)
-
-    def _make_folder(self) -> bool:
-        """Create the folder (0700) and its missing parents; True if it was created."""
-        fs = self._fs
-        try:
-            fs.lstat(self.path)
-            return False
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise StorageError(f"cannot examine storage_dir {self.path}: {exc}") from exc
-        missing = [self.path]
-        for parent in self.path.parents:
-            try:
-                fs.lstat(parent)
-                break
-            except FileNotFoundError:
-                missing.append(parent)
-            except OSError:
-                break
-        try:
-            for folder in reversed(missing):
-                with contextlib.suppress(FileExistsError):
-                    fs.mkdir(folder, 0o700 if folder == self.path else 0o777)
-        except OSError as exc:
-            raise StorageError(f"cannot create storage_dir {self.path}: {exc}") from exc
-        return True
 
     def _release_lock(self) -> None:
         fd, self._lock_fd = self._lock_fd, None
