@@ -31,9 +31,9 @@ from ._files import (
     classify_entry,
     examine,
     file_name_for,
-    folder_mode_problem,
+    fsync_dir,
     log_name,
-    make_folder,
+    prepare_folder,
     read_record,
     temp_name_for,
 )
@@ -112,24 +112,7 @@ class DirectoryStore:
 
     def _open_sync(self) -> None:
         fs = self._fs
-        created = make_folder(self._fs, self.path)
-        try:
-            fd = fs.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except NotADirectoryError:
-            raise StorageError(f"storage_dir {self.path} is not a folder") from None
-        except OSError as exc:
-            raise StorageError(f"cannot open storage_dir {self.path}: {exc}") from exc
-        try:
-            mode = fs.fstat(fd).st_mode
-            if created:  # make the new folder's own entry durable
-                _fsync_dir(fs, self.path.parent)
-        except OSError as exc:
-            raise StorageError(f"cannot set up storage_dir {self.path}: {exc}") from exc
-        finally:
-            fs.close(fd)
-        problem = folder_mode_problem(self.path, mode)
-        if problem is not None:
-            raise StorageError(problem)
+        prepare_folder(fs, self.path)
         self._lock_fd, self._lock_id = take_lock(fs, self.path)
 
     def _check_folder(self) -> None:
@@ -316,7 +299,7 @@ class DirectoryStore:
                 failed[session_id] = exc
         if done:
             try:
-                _fsync_dir(fs, folder)
+                fsync_dir(fs, folder)
             except OSError as exc:
                 for session_id in done:
                     failed[session_id] = exc
@@ -324,7 +307,7 @@ class DirectoryStore:
 
     def _fsync_dir_quietly(self) -> None:
         try:
-            _fsync_dir(self._fs, self.path)
+            fsync_dir(self._fs, self.path)
         except OSError as exc:
             log.warning("cannot fsync %s: %s", self.path, exc)
 
@@ -351,14 +334,6 @@ def _write_atomic(fs: FileSystem, folder: Path, name: str, data: bytes) -> None:
         with contextlib.suppress(OSError):
             fs.unlink(temp)
         raise
-
-
-def _fsync_dir(fs: FileSystem, folder: Path) -> None:
-    fd = fs.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        fs.fsync(fd)
-    finally:
-        fs.close(fd)
 
 
 def _lexists(fs: FileSystem, path: Path) -> bool:

@@ -28,6 +28,8 @@ from ._protocol import LoadedRecord
 from ._records import MAX_RECORD_BYTES, CorruptRecordError
 
 __all__ = [
+    "fsync_dir",
+    "prepare_folder",
     "make_folder",
     "LOCK_NAME",
     "QUARANTINE",
@@ -276,3 +278,35 @@ def make_folder(fs: FileSystem, path: Path) -> bool:
     except OSError as exc:
         raise StorageError(f"cannot create storage_dir {path}: {exc}") from exc
     return True
+
+
+def fsync_dir(fs: FileSystem, folder: Path) -> None:
+    """Make *folder*'s entries (created, renamed, removed) durable."""
+    fd = fs.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fs.fsync(fd)
+    finally:
+        fs.close(fd)
+
+
+def prepare_folder(fs: FileSystem, path: Path) -> None:
+    """Create the store folder *path* if missing (its entry made durable) and check it is a
+    private folder. Raises :class:`~engine.StorageError` saying what is wrong."""
+    created = make_folder(fs, path)
+    try:
+        fd = fs.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except NotADirectoryError:
+        raise StorageError(f"storage_dir {path} is not a folder") from None
+    except OSError as exc:
+        raise StorageError(f"cannot open storage_dir {path}: {exc}") from exc
+    try:
+        mode = fs.fstat(fd).st_mode
+        if created:  # make the new folder's own entry durable
+            fsync_dir(fs, path.parent)
+    except OSError as exc:
+        raise StorageError(f"cannot set up storage_dir {path}: {exc}") from exc
+    finally:
+        fs.close(fd)
+    problem = folder_mode_problem(path, mode)
+    if problem is not None:
+        raise StorageError(problem)

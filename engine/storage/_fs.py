@@ -28,63 +28,48 @@ class FileSystem(Protocol):
 
     def open(self, path: StrPath, flags: int, mode: int = 0o777, /) -> int:
         """:func:`os.open`"""
-        ...
 
     def close(self, fd: int, /) -> None:
         """:func:`os.close`"""
-        ...
 
     def read(self, fd: int, length: int, /) -> bytes:
         """:func:`os.read`"""
-        ...
 
     def pread(self, fd: int, length: int, offset: int, /) -> bytes:
         """:func:`os.pread`"""
-        ...
 
     def write(self, fd: int, data: bytes | memoryview, /) -> int:
         """:func:`os.write`"""
-        ...
 
     def ftruncate(self, fd: int, length: int, /) -> None:
         """:func:`os.ftruncate`"""
-        ...
 
     def fsync(self, fd: int, /) -> None:
         """:func:`os.fsync` (of a file, or of a folder opened with ``O_DIRECTORY``)"""
-        ...
 
     def fstat(self, fd: int, /) -> os.stat_result:
         """:func:`os.fstat`"""
-        ...
 
     def lstat(self, path: StrPath, /) -> os.stat_result:
         """:func:`os.lstat` (never follows a symlink)"""
-        ...
 
     def mkdir(self, path: StrPath, mode: int = 0o777, /) -> None:
         """:func:`os.mkdir`"""
-        ...
 
     def scandir(self, path: StrPath, /) -> AbstractContextManager[Iterator[os.DirEntry[str]]]:
         """:func:`os.scandir`"""
-        ...
 
     def rename(self, src: StrPath, dst: StrPath, /) -> None:
         """:func:`os.rename`"""
-        ...
 
     def unlink(self, path: StrPath, /) -> None:
         """:func:`os.unlink`"""
-        ...
 
     def flock(self, fd: int, operation: int, /) -> None:
         """:func:`fcntl.flock`"""
-        ...
 
     def fcntl(self, fd: int, cmd: int, arg: bytes, /) -> bytes:
         """:func:`fcntl.fcntl` with a buffer argument (used for open-file-description locks)"""
-        ...
 
 
 @final

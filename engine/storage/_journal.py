@@ -24,7 +24,7 @@ import attrs
 import trio
 
 from .._errors import StorageError, StorageResetError
-from ._files import LOCK_NAME, folder_mode_problem, make_folder
+from ._files import LOCK_NAME, fsync_dir, prepare_folder
 from ._fs import OS_FILE_SYSTEM, FileSystem
 from ._journal_compact import CompactionAborted, CompactionResult, compact
 from ._journal_format import (
@@ -45,7 +45,6 @@ from ._journal_format import (
 )
 from ._journal_replay import (
     JournalReport,
-    _fsync_dir,
     _write_all,
     list_folder,
     replay,
@@ -231,24 +230,7 @@ class JournalStore:
 
     def _open_sync(self) -> None:
         fs = self._fs
-        created = make_folder(self._fs, self.path)
-        try:
-            fd = fs.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except NotADirectoryError:
-            raise StorageError(f"storage_dir {self.path} is not a folder") from None
-        except OSError as exc:
-            raise StorageError(f"cannot open storage_dir {self.path}: {exc}") from exc
-        try:
-            mode = fs.fstat(fd).st_mode
-            if created:  # make the new folder's own entry durable
-                _fsync_dir(fs, self.path.parent)
-        except OSError as exc:
-            raise StorageError(f"cannot set up storage_dir {self.path}: {exc}") from exc
-        finally:
-            fs.close(fd)
-        problem = folder_mode_problem(self.path, mode)
-        if problem is not None:
-            raise StorageError(problem)
+        prepare_folder(fs, self.path)
         self._lock_fd, self._lock_id = take_lock(fs, self.path)
         try:
             listing = list_folder(fs, self.path)
@@ -568,7 +550,7 @@ class JournalStore:
         try:
             _write_all(fs, fd, encode_header(KIND_LOG, seq))
             fs.fsync(fd)
-            _fsync_dir(fs, self.path)
+            fsync_dir(fs, self.path)
         except BaseException:
             with contextlib.suppress(OSError):
                 fs.close(fd)

@@ -34,6 +34,7 @@ from typing import Final, final
 
 import attrs
 
+from ._files import fsync_dir
 from ._fs import FileSystem
 from ._journal_format import (
     FRAME_HEADER,
@@ -53,7 +54,7 @@ from ._journal_format import (
     frame_seed,
     parse_header,
 )
-from ._journal_replay import _fsync_dir, _pread_all, _write_all
+from ._journal_replay import _pread_all, _write_all
 
 __all__ = ["CompactionResult", "compact"]
 
@@ -155,7 +156,7 @@ def compact(
             with contextlib.suppress(OSError):
                 fs.unlink(temp)
         raise
-    _fsync_dir(fs, folder)  # the switch-over is durable from here on
+    fsync_dir(fs, folder)  # the switch-over is durable from here on
     # Clean-up: the covered files. A failure here only leaves them for the next open.
     covered = [file_name(seq, KIND_LOG) for seq in segments]
     if base is not None and base != target:
@@ -171,7 +172,7 @@ def compact(
         result.removed.append(old)
     if result.removed:
         try:
-            _fsync_dir(fs, folder)
+            fsync_dir(fs, folder)
         except OSError as exc:
             log.warning("compaction: cannot fsync %s: %s", folder, exc)
     result.seconds = time.monotonic() - began

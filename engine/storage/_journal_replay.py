@@ -28,7 +28,7 @@ import attrs
 import msgspec
 
 from .._errors import StorageError
-from ._files import LOCK_NAME, QUARANTINE
+from ._files import LOCK_NAME, QUARANTINE, fsync_dir
 from ._fs import FileSystem
 from ._journal_format import (
     HEADER_SIZE,
@@ -186,7 +186,7 @@ class _Replay:
             if not stat.S_ISDIR(self.fs.lstat(folder).st_mode):  # a symlink could lead outside
                 raise NotADirectoryError(errno.ENOTDIR, "not a real folder", str(folder))
             if created:
-                _fsync_dir(self.fs, self.folder)
+                fsync_dir(self.fs, self.folder)
             self._quarantine_ready = True
         return folder
 
@@ -203,7 +203,7 @@ class _Replay:
                 n += 1
                 target = folder / f"{name}.{n}"
             self.fs.rename(self.folder / name, target)
-            _fsync_dir(self.fs, self.folder)
+            fsync_dir(self.fs, self.folder)
         except OSError as exc:
             log.error("cannot quarantine %s (%s): %s", name, reason, exc)
             self.report.unreadable.append((name, f"{reason}; quarantine failed: {exc}"))
@@ -237,7 +237,7 @@ class _Replay:
                 self.fs.fsync(fd)
             finally:
                 self.fs.close(fd)
-            _fsync_dir(self.fs, folder)
+            fsync_dir(self.fs, folder)
         except OSError as exc:
             log.error("cannot quarantine %s (%s): %s", target_name, reason, exc)
             self.report.unreadable.append((target_name, f"{reason}; quarantine failed: {exc}"))
@@ -546,7 +546,7 @@ def replay(
             run.quarantine_file(f.name, reason)
     if covered and repair:
         with contextlib.suppress(OSError):
-            _fsync_dir(fs, folder)
+            fsync_dir(fs, folder)
 
     records: list[R] = []
     report.expired = len(expired)
@@ -640,14 +640,6 @@ def _pread_all(fs: FileSystem, fd: int, length: int, offset: int) -> bytes:
         length -= len(chunk)
         offset += len(chunk)
     return b"".join(parts)
-
-
-def _fsync_dir(fs: FileSystem, folder: Path) -> None:
-    fd = fs.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        fs.fsync(fd)
-    finally:
-        fs.close(fd)
 
 
 def iter_records(
