@@ -604,26 +604,9 @@ def _purge(args: argparse.Namespace) -> int:
             await store.aclose()
         return store
 
-    try:
-        store = trio.run(purge)
-    except StorageLockedError as exc:
-        raise _CliError(
-            EXIT_LOCKED,
-            f"{exc}; stop it first (a running engine removes expired sessions itself)",
-        ) from None
-    except StorageError as exc:
-        raise _CliError(EXIT_ERROR, str(exc)) from None
-    report = store.report
-    _out(
-        f"removed {_count(report.expired_removed, 'expired session')} and "
-        f"{_count(report.temp_removed, 'stale temp file')}; "
-        f"{_count(report.loaded, 'live session')} kept"
-    )
-    for name, why in report.quarantined:
-        _out(f"quarantined {name}: {why}")
-    for name, why in report.unreadable:
-        _err(f"unreadable {name}: {why}")
-    return EXIT_OK
+    report = _offline(path, purge, _PURGE_WHY).report
+    _purged(report.expired_removed, report.temp_removed, report.loaded, "")
+    return _report_problems(report.quarantined, report.unreadable)
 
 
 def _purge_journal(path: Path) -> int:
@@ -640,17 +623,28 @@ def _purge_journal(path: Path) -> int:
             await store.aclose()
         return store
 
-    store = _offline(path, purge, "a running engine removes expired sessions itself")
-    report = store.report
+    report = _offline(path, purge, _PURGE_WHY).report
     temps = sum(1 for name in report.removed if name.startswith(".compact."))
+    _purged(report.expired, temps, report.loaded, " (journal compacted)")
+    return _report_problems(report.quarantined, report.unreadable)
+
+
+_PURGE_WHY: Final = "a running engine removes expired sessions itself"
+
+
+def _purged(expired: int, temps: int, loaded: int, note: str) -> None:
     _out(
-        f"removed {_count(report.expired, 'expired session')} and "
-        f"{_count(temps, 'stale temp file')}; "
-        f"{_count(report.loaded, 'live session')} kept (journal compacted)"
+        f"removed {_count(expired, 'expired session')} and "
+        f"{_count(temps, 'stale temp file')}; {_count(loaded, 'live session')} kept{note}"
     )
-    for name, why in report.quarantined:
+
+
+def _report_problems(
+    quarantined: Sequence[tuple[str, str]], unreadable: Sequence[tuple[str, str]]
+) -> int:
+    for name, why in quarantined:
         _out(f"quarantined {name}: {why}")
-    for name, why in report.unreadable:
+    for name, why in unreadable:
         _err(f"unreadable {name}: {why}")
     return EXIT_OK
 
