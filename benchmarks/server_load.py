@@ -238,18 +238,7 @@ def _serve(variant: str, port: int, storage_dir: str) -> None:
             "dict-actor": _ActorDictSessions,
         }[variant]()
         metrics = Metrics()
-        zero = Statistics(
-            live_sessions=0,
-            dirty_sessions=0,
-            persists={},
-            expired=0,
-            evicted=0,
-            storage_writes=0,
-            storage_errors=0,
-            pending_writes=0,
-            queue_high_water=0,
-            requests=0,
-        )
+        zero = Statistics()
 
         async def main() -> None:
             # Everything as serve() does it, the engine aside: the metrics shared with the

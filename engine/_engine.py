@@ -48,33 +48,34 @@ class SessionInfo(Generic[P]):
 @final
 @attrs.frozen(kw_only=True)
 class Statistics:
-    """A snapshot of the engine's counters (see :meth:`Engine.statistics`)."""
+    """A snapshot of the engine's counters (see :meth:`Engine.statistics`). Every counter is 0
+    by default: ``Statistics()`` is an engine that has done nothing."""
 
-    live_sessions: int
+    live_sessions: int = 0
     """Sessions in memory (some may be past their expiry and not yet swept)."""
-    dirty_sessions: int
+    dirty_sessions: int = 0
     """Sessions touched since their last persist."""
-    persists: dict[str, int]
+    persists: dict[str, int] = attrs.Factory(dict)
     """Records written, by cause: ``create``, ``replace``, ``requests`` (N touches),
     ``interval`` (M seconds), ``tick`` (flush tick), ``flush`` (explicit flush and close),
     ``rollback`` (the state from before a create, replace or delete whose write failed)."""
-    expired: int
+    expired: int = 0
     """Sessions removed because their TTL ran out."""
-    evicted: int
+    evicted: int = 0
     """Sessions removed to stay within ``max_sessions``."""
     refused: int = 0
     """Creates refused at ``max_sessions`` (:class:`~engine.CapacityError`): every session
     was in use (accessed within ``evict_idle_after``)."""
-    storage_writes: int
+    storage_writes: int = 0
     """Storage operations (puts and deletes) that completed."""
-    storage_errors: int
+    storage_errors: int = 0
     """Storage operations that failed, plus records that could not be encoded (each is
     retried; a failed create, replace or delete is undone)."""
-    pending_writes: int
+    pending_writes: int = 0
     """Storage operations queued or in flight."""
-    queue_high_water: int
+    queue_high_water: int = 0
     """Most requests the actor found queued at one wake-up."""
-    requests: int
+    requests: int = 0
     """Requests applied by the actor."""
     owners: int = 0
     """Distinct owners with live sessions (:meth:`Engine.sessions_by_owner` lists them)."""

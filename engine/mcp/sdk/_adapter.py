@@ -663,15 +663,4 @@ class SdkSessions:
                     await self._sdk.close(session_id, transport)
 
 
-_NO_ENGINE_STATISTICS: Final = Statistics(
-    live_sessions=0,
-    dirty_sessions=0,
-    persists={},
-    expired=0,
-    evicted=0,
-    storage_writes=0,
-    storage_errors=0,
-    pending_writes=0,
-    queue_high_water=0,
-    requests=0,
-)
+_NO_ENGINE_STATISTICS: Final = Statistics()
