@@ -29,7 +29,14 @@ from ._demo import DEFAULT_DEMO_DIR, run_demo
 from ._engine import Statistics
 from ._errors import ConfigError, StorageError, StorageLockedError
 from ._token import DEFAULT_AUDIENCE, DEFAULT_ISSUER, DEFAULT_TOKEN_DIR, run_token
-from .mcp import ConnectionConfig, ServerConfig, load_server_config, settings, summarize
+from .mcp import (
+    DEFAULT_STORAGE_DIR,
+    ConnectionConfig,
+    ServerConfig,
+    load_server_config,
+    settings,
+    summarize,
+)
 from .storage import (
     STORE_KINDS,
     DirectoryStore,
@@ -974,7 +981,7 @@ def _parser() -> argparse.ArgumentParser:
     ):
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.add_argument(
-            "dir", nargs="?", type=Path, default=Path("sessions"), help="folder (./sessions)"
+            "dir", nargs="?", type=Path, default=DEFAULT_STORAGE_DIR, help="folder (./sessions)"
         )
         if name in ("inspect", "stats"):
             sub.add_argument("--json", action="store_true", help="machine-readable output")
@@ -1005,7 +1012,7 @@ def _parser() -> argparse.ArgumentParser:
         "the ones newer records replaced. Exit 7 if anything is damaged; a torn tail (a write a "
         "crash cut short) is reported but is not damage.",
     )
-    verify.add_argument("dir", nargs="?", type=Path, default=Path("sessions"), help="folder")
+    verify.add_argument("dir", nargs="?", type=Path, default=DEFAULT_STORAGE_DIR, help="folder")
     compact = commands.add_parser(
         "compact",
         help="compact a journal store now (engine must be stopped)",
@@ -1013,7 +1020,7 @@ def _parser() -> argparse.ArgumentParser:
         "files it replaces (what a running engine does by itself when dead records pile up). "
         "Refuses a folder a running engine holds.",
     )
-    compact.add_argument("dir", nargs="?", type=Path, default=Path("sessions"), help="folder")
+    compact.add_argument("dir", nargs="?", type=Path, default=DEFAULT_STORAGE_DIR, help="folder")
     migrate = commands.add_parser(
         "migrate",
         help="copy a storage folder's sessions into a new folder of the other store",

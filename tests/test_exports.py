@@ -100,6 +100,7 @@ PUBLIC: dict[str, set[str]] = {
         "verify_journal",
     },
     "engine.mcp": {
+        "DEFAULT_STORAGE_DIR",
         "ConnectionConfig",
         "McpApp",
         "McpSession",

@@ -5,6 +5,7 @@ any ASGI app with the same connection bounds), its settings, its session payload
 Built on the public API of :mod:`engine`; nothing below it imports this package.
 """
 
+from ._config import DEFAULT_STORAGE_DIR as DEFAULT_STORAGE_DIR
 from ._config import ServerConfig as ServerConfig
 from ._config import Setting as Setting
 from ._config import load_server_config as load_server_config
@@ -20,6 +21,7 @@ from ._session import McpSession as McpSession
 from ._session import summarize as summarize
 
 __all__ = [
+    "DEFAULT_STORAGE_DIR",
     "ConnectionConfig",
     "McpApp",
     "McpSession",
